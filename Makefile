@@ -1,0 +1,60 @@
+# Two commands do all set-up on a fresh machine:
+#   make serve   venv + install + start the server (built-in avatar, CPU model) on http://127.0.0.1:8080
+#   make test    venv + install what the tests need (Python extras, Debian packages) + run every test
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k festvox-us-slt-hts \
+            fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
+            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch
+PIP := $(BIN)/pip install -q --disable-pip-version-check
+
+.PHONY: setup setup-train setup-test serve test lint bench clean
+
+# Runtime install: the package (editable), its serving dependencies, the silero VAD ONNX file.
+setup: $(VENV)/.setup-done
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	$(PIP) --no-deps silero-vad==6.2.3
+	touch $@
+
+# Training / evaluation extras (torch 2.13.0 CPU build, onnx, pocketsphinx).
+setup-train: $(VENV)/.train-done
+$(VENV)/.train-done: $(VENV)/.setup-done
+	$(PIP) -e '.[train]'
+	touch $@
+
+# Everything the test-suite needs: Python extras + Debian packages (when apt is available).
+setup-test: $(VENV)/.test-done
+$(VENV)/.test-done: $(VENV)/.train-done
+	$(PIP) -e '.[dev,photo]'
+	$(PIP) --no-deps mediapipe==0.10.21
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "WARNING: missing Debian packages (tests needing them will skip):$$missing"; fi; \
+	fi
+	touch $@
+
+serve: setup
+	@echo "Avatar server: open http://$(HOST):$(PORT)/ in Chromium or Firefox"
+	$(BIN)/avatar serve --host $(HOST) --port $(PORT)
+
+test: setup-test
+	$(BIN)/python -m pytest -q -ra
+
+lint: setup-test
+	$(BIN)/ruff check server engines tests bench
+	$(BIN)/mypy
+
+bench: setup-test
+	$(BIN)/python bench/latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

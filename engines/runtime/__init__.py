@@ -1,0 +1,1 @@
+"""Inference backends for the exported viseme network, behind one interface."""

@@ -1,0 +1,1 @@
+"""The per-session audio→animation chain, as small typed stages (``push``/``reset``)."""

@@ -1,0 +1,1 @@
+"""Avatar renderers: :class:`~server.pipeline.types.AnimationState` → RGBA frame."""
