@@ -1,0 +1,73 @@
+"""Shared fixtures: speech generated with espeak-ng, the private-network check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+DEV_SPEECH = SHARED / "data" / "dev-speech"
+
+
+def in_test_netns() -> bool:
+    """True inside tests/netns_run.sh's private namespace (veth on 198.18.0.0/15)."""
+    if os.environ.get("AVATAR_NETNS") != "1":
+        return False
+    out = subprocess.run(["ip", "-br", "addr"], capture_output=True, text=True, check=False).stdout
+    return "198.18.0.1" in out
+
+
+@pytest.fixture(scope="session")
+def netns() -> str:
+    """The address WebRTC tests bind to; fails (not skips) outside the private namespace."""
+    if not in_test_netns():
+        pytest.fail(
+            "WebRTC tests must run inside the private test network: "
+            "`make test` or `tests/netns_run.sh .venv/bin/python -m pytest ...`"
+        )
+    return "198.18.0.1"
+
+
+def espeak_wav(path: Path, text: str, voice: str = "en-us", rate: int = 150) -> Path:
+    """Synthesize ``text`` to a WAV file with espeak-ng (22.05 kHz mono)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.fail("espeak-ng is not installed (make test installs it)")
+    subprocess.run([exe, "-v", voice, "-s", str(rate), "-w", str(path), text], check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 4 s: 0.6 s silence, a sentence, 1 s silence, a sentence, 0.8 s silence (16 kHz)."""
+    import numpy as np
+    import soundfile as sf  # noqa: F401  (dependency of the test suite)
+
+    d = tmp_path_factory.mktemp("speech")
+    a = espeak_wav(d / "a.wav", "Hello there, how are you today?")
+    b = espeak_wav(d / "b.wav", "Watch the mouth open and close.")
+    import av
+
+    def load(p: Path) -> "np.ndarray":
+        with av.open(str(p)) as c:
+            rs = av.AudioResampler(format="flt", layout="mono", rate=16000)
+            chunks = []
+            for fr in c.decode(audio=0):
+                for o in rs.resample(fr):
+                    chunks.append(o.to_ndarray().reshape(-1))
+            for o in rs.resample(None):
+                chunks.append(o.to_ndarray().reshape(-1))
+        return np.concatenate(chunks).astype(np.float32)
+
+    sil = lambda s: np.zeros(int(16000 * s), np.float32)  # noqa: E731
+    audio = np.concatenate([sil(0.6), load(a), sil(1.0), load(b), sil(0.8)])
+    out = d / "speech.wav"
+    import soundfile
+
+    soundfile.write(str(out), audio, 16000, subtype="PCM_16")
+    return out
