@@ -73,8 +73,7 @@ class VisemeFrame:
     speaking: bool
     speech_prob: float
     arrival: float
-    rms: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
-    pitch_hz: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    sources: tuple[float, ...] = ()  # arrival times (s) of the audio frames whose hops this completes
 
 
 EMOTIONS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised", "thinking")

@@ -1,0 +1,203 @@
+"""The aiohttp application: page, signaling WebSocket, health, stats, avatars.
+
+No module globals: configuration, shared models and sessions live on typed ``AppKey``s, set
+up and torn down in one ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from server.clock import Clock, MonotonicClock
+from server.config import ROOT, AppConfig
+from server.errors import AvatarError, ProtocolError
+from server.pipeline.runner import SharedModels, load_models
+from server.session import Session
+from server.signaling import PROTOCOL_VERSION, dispatch, error, parse_message, welcome
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", AppConfig)
+MODELS = web.AppKey("models", SharedModels)
+SESSIONS = web.AppKey("sessions", dict[str, Session])
+CLOCK = web.AppKey("clock", Clock)
+COUNTER = web.AppKey("counter", itertools.count)
+CLIENT_DIR = ROOT / "client_web"
+MAX_PHOTO_BYTES = 15 * 1024 * 1024
+
+
+def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModels | None = None) -> web.Application:
+    """Create the application (models load at start-up unless given)."""
+    app = web.Application(client_max_size=MAX_PHOTO_BYTES + 65536)
+    app[CONFIG] = cfg
+    app[CLOCK] = clock or MonotonicClock()
+    app[SESSIONS] = {}
+    app[COUNTER] = itertools.count()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        if models is None:
+            app[MODELS] = await asyncio.get_running_loop().run_in_executor(None, load_models, cfg)
+        else:
+            app[MODELS] = models
+        yield
+        sessions = list(app[SESSIONS].values())
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/avatars", avatars)
+    app.router.add_post("/avatars/photo", add_photo)
+    app.router.add_get("/ws", websocket)
+    if CLIENT_DIR.is_dir():
+        app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
+    return app
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The web page."""
+    page = CLIENT_DIR / "index.html"
+    if not page.exists():
+        raise web.HTTPNotFound(text="client_web/index.html is missing")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: ``{"ok": true, "sessions": N}``."""
+    return web.json_response({"ok": True, "sessions": len(request.app[SESSIONS])})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Per-session statistics and totals (incl. open peer connections and session tasks)."""
+    sessions = list(request.app[SESSIONS].values())
+    per = [s.stats() for s in sessions]
+    totals = {
+        "sessions": len(sessions),
+        "pcs": sum(1 for s in sessions if s.pc.connectionState != "closed"),
+        "tasks": sum(len(s.tasks) for s in sessions),
+        "loop_tasks": len(asyncio.all_tasks()),
+        "fps_mean": round(sum(p["fps"] for p in per) / len(per), 2) if per else None,
+    }
+    return web.json_response({"sessions": per, "totals": totals})
+
+
+def _avatar_list(app: web.Application) -> list[dict[str, str]]:
+    return [{"name": a.name, "kind": a.kind} for a in app[MODELS].registry.list()]
+
+
+async def avatars(request: web.Request) -> web.Response:
+    """The avatars a session can use."""
+    reg = request.app[MODELS].registry
+    return web.json_response({"avatars": _avatar_list(request.app), "default": reg.default_name()})
+
+
+async def add_photo(request: web.Request) -> web.Response:
+    """Register a photo avatar: multipart ``image``, ``name``, ``consent_by``."""
+    try:
+        form = await request.post()
+    except Exception as e:
+        return web.json_response({"error": f"could not read the upload: {e}"}, status=400)
+    image, name, consent = form.get("image"), form.get("name"), form.get("consent_by")
+    if not isinstance(image, web.FileField):
+        return web.json_response({"error": "no image file in the upload (field 'image')"}, status=400)
+    if not isinstance(name, str) or not name.strip():
+        return web.json_response({"error": "a name is required (field 'name')"}, status=400)
+    consent_text = consent.strip() if isinstance(consent, str) else ""
+    data = image.file.read(MAX_PHOTO_BYTES + 1)
+    if len(data) > MAX_PHOTO_BYTES:
+        return web.json_response({"error": f"image larger than {MAX_PHOTO_BYTES // (1 << 20)} MiB"}, status=400)
+    reg = request.app[MODELS].registry
+    suffix = Path(image.filename or "photo.jpg").suffix or ".jpg"
+
+    def register() -> Any:
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
+            f.write(data)
+            f.flush()
+            return reg.add_photo(Path(f.name), name.strip(), consent_text)
+
+    try:
+        info = await asyncio.get_running_loop().run_in_executor(None, register)
+    except AvatarError as e:
+        return web.json_response({"error": str(e)}, status=400)
+    return web.json_response({"avatar": {"name": info.name, "kind": info.kind}})
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Signaling for one session (docs/protocol.md)."""
+    app = request.app
+    cfg = app[CONFIG]
+    limit = cfg.server.max_message_bytes
+    # aiohttp closes with 1009 above max_msg_size; below it we answer `too_large` ourselves.
+    ws = web.WebSocketResponse(max_msg_size=4 * limit, heartbeat=20.0)
+    await ws.prepare(request)
+    lock = asyncio.Lock()
+
+    async def send(msg: dict[str, Any]) -> None:
+        if ws.closed:
+            return
+        async with lock:
+            try:
+                await ws.send_str(json.dumps(msg))
+            except (ConnectionError, RuntimeError) as e:
+                log.debug("send failed: %s", e)
+
+    sessions = app[SESSIONS]
+    if len(sessions) >= cfg.server.max_sessions:
+        await send(error(ProtocolError("busy", f"server is full ({cfg.server.max_sessions} sessions)", fatal=True)))
+        await ws.close()
+        return ws
+    n = next(app[COUNTER])
+    sid = f"s{n}-{secrets.token_hex(3)}"
+    session = Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send)
+    sessions[sid] = session
+
+    async def closed(s: Session) -> None:
+        sessions.pop(s.sid, None)
+        if not ws.closed:
+            await ws.close()
+
+    session.on_closed = closed
+    try:
+        await send(welcome(session, _avatar_list(app)))
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    reply = await dispatch(session, parse_message(msg.data, limit))
+                except ProtocolError as e:
+                    await send(error(e))
+                    if e.fatal:
+                        break
+                    continue
+                except Exception as e:  # a bug must not take other sessions down
+                    log.exception("session %s: internal error", sid)
+                    await send(error(ProtocolError("internal", f"internal server error: {type(e).__name__}: {e}")))
+                    continue
+                if reply is not None:
+                    await send(reply)
+                    if reply.get("name") == "session_closed":
+                        break
+            elif msg.type == WSMsgType.BINARY:
+                await send(error(ProtocolError("bad_json", "binary messages are not part of the protocol; send JSON text")))
+            elif msg.type == WSMsgType.ERROR:
+                log.info("session %s: websocket error %s", sid, ws.exception())
+                break
+    finally:
+        await session.close()
+        sessions.pop(sid, None)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+__all__ = ["PROTOCOL_VERSION", "build_app"]

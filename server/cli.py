@@ -1,0 +1,214 @@
+"""The ``avatar`` command: serve, render, visemes, client, avatars, add-photo, train, eval."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from server.config import AppConfig, load_config
+from server.errors import AvatarError
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    overrides: dict[str, dict[str, object]] = {}
+    if getattr(args, "model", None):
+        overrides.setdefault("visemes", {})["model"] = args.model
+    if getattr(args, "engine", None):
+        overrides.setdefault("visemes", {})["engine"] = args.engine
+    if getattr(args, "host", None):
+        overrides.setdefault("server", {})["host"] = args.host
+    if getattr(args, "port", None):
+        overrides.setdefault("server", {})["port"] = args.port
+    if getattr(args, "fps", None):
+        overrides.setdefault("video", {})["fps"] = args.fps
+    if getattr(args, "size", None):
+        w, _, h = args.size.partition("x")
+        overrides.setdefault("video", {}).update(width=int(w), height=int(h or w))
+    if getattr(args, "data_dir", None):
+        overrides.setdefault("avatars", {})["data_dir"] = str(args.data_dir)
+    return load_config(args.config, overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the HTTP/WebSocket/WebRTC server."""
+    from aiohttp import web
+
+    from server.app import build_app
+
+    cfg = _config(args)
+    app = build_app(cfg)
+    url = f"http://{cfg.server.host}:{cfg.server.port}/"
+    print(f"avatar server: open {url}", flush=True)
+    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True)
+    return 0
+
+
+def _models(cfg: AppConfig) -> object:
+    from server.pipeline.runner import load_models
+
+    return load_models(cfg)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Audio file → MP4 of the avatar with the audio muxed in."""
+    from server.offline import render_file
+
+    cfg = _config(args)
+    models = _models(cfg)
+    t0 = time.perf_counter()
+    result = render_file(args.input, args.output, cfg, models, args.avatar, progress=not args.quiet)  # type: ignore[arg-type]
+    dt = time.perf_counter() - t0
+    print(
+        f"wrote {args.output}: {result.video_frames} frames, {result.duration_s:.2f} s of audio in {dt:.2f} s "
+        f"({result.duration_s / max(dt, 1e-9):.1f}x real time), model {result.model}, lookahead {result.lookahead_hops * 10} ms",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_visemes(args: argparse.Namespace) -> int:
+    """Audio file → visemes as JSON or Rhubarb JSON/TSV."""
+    import asyncio
+
+    from server.offline import format_visemes, run_offline
+
+    cfg = _config(args)
+    models = _models(cfg)
+    result = asyncio.run(run_offline(args.input, cfg, models))  # type: ignore[arg-type]
+    text = format_visemes(result, args.format, str(args.input))
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    print(f"model {result.model}, lookahead {result.lookahead_hops * 10} ms, {result.duration_s:.2f} s of audio", file=sys.stderr)
+    return 0
+
+
+def cmd_avatars(args: argparse.Namespace) -> int:
+    """List avatars: name, then kind."""
+    from server.avatars import AvatarRegistry, format_avatar_lines
+
+    cfg = _config(args)
+    for line in format_avatar_lines(AvatarRegistry(cfg.avatars.data_dir).list()):
+        print(line)
+    return 0
+
+
+def cmd_add_photo(args: argparse.Namespace) -> int:
+    """Register a photo avatar (needs a consent statement)."""
+    from server.avatars import AvatarRegistry
+
+    cfg = _config(args)
+    info = AvatarRegistry(cfg.avatars.data_dir).add_photo(args.image, args.name, args.consent_by or "")
+    print(f"registered photo avatar {info.name!r}")
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """Headless WebRTC client (see server/client.py)."""
+    from server import client
+
+    return int(client.main(args) or 0)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the viseme model (python -m engines.train)."""
+    from engines import train
+
+    return int(train.main(args.rest) or 0)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate viseme models (python -m engines.evaluate)."""
+    from engines import evaluate
+
+    return int(evaluate.main(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``avatar``."""
+    p = argparse.ArgumentParser(prog="avatar", description="Real-time streaming avatar server")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=None, help="TOML config (default: configs/default.toml)")
+        sp.add_argument("--data-dir", type=Path, default=None, help="where photo avatars are stored")
+
+    def model_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default=None, help="viseme model: default, energy, or a .onnx path")
+        sp.add_argument("--engine", default=None, choices=["auto", "tensorrt", "cuda", "onnxruntime"])
+
+    sp = sub.add_parser("serve", help="start the server")
+    common(sp)
+    model_opts(sp)
+    sp.add_argument("--host", default=None)
+    sp.add_argument("--port", type=int, default=None)
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("render", help="render an audio file to an MP4 of the avatar")
+    common(sp)
+    model_opts(sp)
+    sp.add_argument("input", type=Path)
+    sp.add_argument("-o", "--output", type=Path, required=True)
+    sp.add_argument("--avatar", default=None, help="avatar name (see `avatar avatars`)")
+    sp.add_argument("--fps", type=float, default=None)
+    sp.add_argument("--size", default=None, help="WxH, e.g. 512x512")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_render)
+
+    sp = sub.add_parser("visemes", help="extract visemes from an audio file")
+    common(sp)
+    model_opts(sp)
+    sp.add_argument("input", type=Path)
+    sp.add_argument("--format", default="json", choices=["json", "rhubarb-json", "rhubarb-tsv"])
+    sp.add_argument("-o", "--output", type=Path, default=None, help="output file (default: stdout)")
+    sp.set_defaults(func=cmd_visemes)
+
+    sp = sub.add_parser("avatars", help="list avatars (name, kind)")
+    common(sp)
+    sp.set_defaults(func=cmd_avatars)
+
+    sp = sub.add_parser("add-photo", help="register a face photo as an avatar")
+    common(sp)
+    sp.add_argument("image", type=Path)
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--consent-by", default=None, help="who consented to this likeness being animated (required)")
+    sp.set_defaults(func=cmd_add_photo)
+
+    sp = sub.add_parser("client", help="headless WebRTC client playing a WAV as its microphone")
+    try:
+        from server.client import add_arguments
+
+        add_arguments(sp)
+    except ImportError:  # pragma: no cover
+        pass
+    sp.set_defaults(func=cmd_client)
+
+    for name, func, helptext in (("train", cmd_train, "train the viseme model (engines.train)"), ("eval", cmd_eval, "evaluate viseme models (engines.evaluate)")):
+        sp = sub.add_parser(name, help=helptext, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``avatar`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except AvatarError as e:
+        print(f"avatar: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

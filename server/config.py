@@ -1,0 +1,208 @@
+"""Configuration: TOML files (configs/default.toml documents every key and unit) → frozen dataclasses.
+
+Unknown keys and out-of-range values raise :class:`ConfigError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "default.toml"
+
+
+def _check(cond: bool, key: str, value: object, want: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} must be {want}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One STUN/TURN server for aiortc and the browser."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """[server]: network and limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_sessions: int = 16  # concurrent sessions; more are refused with an error
+    max_message_bytes: int = 262_144  # bytes, largest accepted signaling message
+    stats_interval_s: float = 1.0  # s between `stats` events to each client
+    ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, "server.port", self.port, "in 1..65535")
+        _check(self.max_sessions >= 1, "server.max_sessions", self.max_sessions, ">= 1")
+        _check(1024 <= self.max_message_bytes <= 16 << 20, "server.max_message_bytes", self.max_message_bytes, "in 1 KiB..16 MiB")
+        _check(0.1 <= self.stats_interval_s <= 60, "server.stats_interval_s", self.stats_interval_s, "in 0.1..60 s")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    """[audio]: ingestion."""
+
+    queue_frames: int = 25  # incoming 20 ms frames buffered before the oldest are dropped (500 ms)
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.queue_frames <= 500, "audio.queue_frames", self.queue_frames, "in 2..500")
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """[vad]: silero voice activity detection with hysteresis."""
+
+    threshold_on: float = 0.5  # probability that starts speech
+    threshold_off: float = 0.35  # probability below which speech may end
+    hangover_ms: float = 96.0  # ms below threshold_off before speech ends
+    gate: bool = True  # push viseme weights to `sil` while not speaking
+
+    def __post_init__(self) -> None:
+        _check(0 < self.threshold_on < 1, "vad.threshold_on", self.threshold_on, "in (0, 1)")
+        _check(0 < self.threshold_off <= self.threshold_on, "vad.threshold_off", self.threshold_off, "in (0, vad.threshold_on]")
+        _check(0 <= self.hangover_ms <= 2000, "vad.hangover_ms", self.hangover_ms, "in 0..2000 ms")
+
+
+@dataclass(frozen=True, slots=True)
+class VisemeConfig:
+    """[visemes]: the predictor."""
+
+    model: str = "default"  # "default" (engines/weights/visemes.onnx), "energy", or a .onnx path
+    engine: str = "auto"  # auto | tensorrt | cuda | onnxruntime
+
+    def __post_init__(self) -> None:
+        _check(self.engine in ("auto", "tensorrt", "cuda", "onnxruntime"), "visemes.engine", self.engine, "one of auto, tensorrt, cuda, onnxruntime")
+        _check(bool(self.model), "visemes.model", self.model, "a model name or path")
+
+
+@dataclass(frozen=True, slots=True)
+class VideoConfig:
+    """[video]: the returned avatar video."""
+
+    width: int = 512  # px
+    height: int = 512  # px
+    fps: float = 30.0  # frames per second
+    avatar: str = "auto"  # avatar name (see `avatar avatars`); auto = the default character
+
+    def __post_init__(self) -> None:
+        _check(64 <= self.width <= 1920 and self.width % 2 == 0, "video.width", self.width, "even, 64..1920")
+        _check(64 <= self.height <= 1920 and self.height % 2 == 0, "video.height", self.height, "even, 64..1920")
+        _check(1 <= self.fps <= 60, "video.fps", self.fps, "in 1..60")
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "avatar-server"
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarsConfig:
+    """[avatars]: where user avatars (photos) are stored."""
+
+    data_dir: Path = field(default_factory=_default_data_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    visemes: VisemeConfig = field(default_factory=VisemeConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    avatars: AvatarsConfig = field(default_factory=AvatarsConfig)
+    animation: dict[str, Any] = field(default_factory=dict)  # → AnimationConfig(**animation)
+    seed: int = 0  # seeds per-session animation randomness (session i uses seed + i)
+
+
+def _build(cls: type, section: str, table: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in names:
+            raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(sorted(names))})")
+    kwargs = dict(table)
+    if cls is ServerConfig and "ice_servers" in kwargs:
+        servers = []
+        for i, s in enumerate(kwargs["ice_servers"]):
+            urls = s.get("urls")
+            if isinstance(urls, str):
+                urls = [urls]
+            if not urls:
+                raise ConfigError(f"server.ice_servers[{i}].urls is required, got {s!r}")
+            servers.append(IceServer(tuple(urls), s.get("username"), s.get("credential")))
+        kwargs["ice_servers"] = tuple(servers)
+    if cls is AvatarsConfig and "data_dir" in kwargs:
+        kwargs["data_dir"] = Path(os.path.expanduser(str(kwargs["data_dir"])))
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"[{section}]: {e}") from e
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "audio": AudioConfig,
+    "vad": VadConfig,
+    "visemes": VisemeConfig,
+    "video": VideoConfig,
+    "avatars": AvatarsConfig,
+}
+
+
+def config_from_dict(data: dict[str, Any]) -> AppConfig:
+    """Build an :class:`AppConfig` from a parsed TOML document."""
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table, got {value!r}")
+            kwargs[key] = _build(_SECTIONS[key], key, value)
+        elif key == "animation":
+            if not isinstance(value, dict):
+                raise ConfigError(f"[animation] must be a table, got {value!r}")
+            from server.pipeline.animation import AnimationConfig
+
+            _build(AnimationConfig, "animation", value)  # validate now, fail at start-up
+            kwargs[key] = dict(value)
+        elif key == "seed":
+            kwargs[key] = int(value)
+        else:
+            raise ConfigError(f"unknown config section {key!r} (known: {', '.join(sorted([*_SECTIONS, 'animation', 'seed']))})")
+    return AppConfig(**kwargs)
+
+
+def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> AppConfig:
+    """Read ``path`` (default: configs/default.toml when present), then apply ``overrides``."""
+    data: dict[str, Any] = {}
+    src = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if src is not None:
+        try:
+            with open(src, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {src}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {src} is not valid TOML: {e}") from e
+    for section, table in (overrides or {}).items():
+        data.setdefault(section, {}).update(table)
+    return config_from_dict(data)
+
+
+def animation_config(cfg: AppConfig) -> Any:
+    """The :class:`~server.pipeline.animation.AnimationConfig` for ``cfg``."""
+    from server.pipeline.animation import AnimationConfig
+
+    return _build(AnimationConfig, "animation", cfg.animation)

@@ -1,0 +1,1 @@
+"""WebRTC media: the paced avatar video track and audio draining."""

@@ -1,0 +1,302 @@
+"""One live session: one RTCPeerConnection, one worker thread, its pipeline and its tasks.
+
+Audio is always drained into a bounded drop-oldest buffer; a processing task runs the chain in
+the session's single worker thread, so the event loop never blocks and latency never builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from engines.spec import VISEMES
+from server.clock import Clock
+from server.config import AppConfig
+from server.errors import AvatarError, ProtocolError
+from server.media.video_out import AvatarVideoTrack
+from server.pipeline.runner import AvatarPipeline, SharedModels
+from server.pipeline.types import VisemeFrame
+from server.stats import FpsMeter, RollingStats
+
+log = logging.getLogger(__name__)
+
+SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Session:
+    """A live call. Create, ``await handle_offer(...)``, and always ``await close()``."""
+
+    def __init__(
+        self, sid: str, cfg: AppConfig, models: SharedModels, clock: Clock, seed: int, send: SendJson
+    ) -> None:
+        self.sid = sid
+        self.cfg = cfg
+        self.models = models
+        self.clock = clock
+        self.seed = seed
+        self._send = send
+        ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in cfg.server.ice_servers]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{sid}")
+        self.pipeline: AvatarPipeline | None = None
+        self.video: AvatarVideoTrack | None = None
+        self.avatar: str | None = None
+        self.channel: Any = None  # the `visemes` RTCDataChannel, if the client opened one
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._audio: deque[tuple[av.AudioFrame, float]] = deque(maxlen=cfg.audio.queue_frames)
+        self._audio_ready = asyncio.Event()
+        self.audio_drops = 0
+        self.audio_frames = 0
+        self.latency = RollingStats()
+        self.fps = FpsMeter()
+        self.created = time.monotonic()
+        self.closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._sent_names = False
+        self.on_closed: Callable[[Session], Awaitable[None]] | None = None
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                self.spawn(self._drain_audio(track), "drain-audio")
+            else:
+                self.spawn(self._blackhole(track), "drain-video")
+
+        @self.pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label == "visemes":
+                self.channel = channel
+
+        @self.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = self.pc.connectionState
+            log.info("session %s: connection %s", self.sid, state)
+            if state in ("failed", "closed"):
+                self.close_soon()
+
+    # ---------------------------------------------------------------- tasks
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a task owned by this session (cancelled and awaited on close)."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.sid}:{name}")
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s: task %s failed", self.sid, task.get_name(), exc_info=task.exception())
+            self.close_soon()
+
+    # ---------------------------------------------------------------- signaling
+
+    async def handle_offer(self, sdp: str, avatar: str | None) -> str:
+        """Apply the client's offer, attach the avatar track; returns the answer SDP."""
+        if self.pc.remoteDescription is not None:
+            raise ProtocolError("state", "this session already has an offer; open a new connection to renegotiate")
+        if not isinstance(sdp, str) or "v=0" not in sdp:
+            raise ProtocolError("bad_offer", "offer.sdp must be an SDP string starting with v=0")
+        media = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=")]
+        if "audio" not in media:
+            raise ProtocolError("no_audio", f"the offer has no audio m-line (media: {media or 'none'}); send the microphone")
+        if "video" not in media:
+            raise ProtocolError("bad_offer", "the offer has no video m-line to return the avatar on (add a recvonly video transceiver)")
+        name = avatar or self.cfg.video.avatar
+        registry = self.models.registry
+        if name == "auto":
+            name = registry.default_name()
+        loop = asyncio.get_running_loop()
+        size = (self.cfg.video.width, self.cfg.video.height)
+        try:
+            renderer = await loop.run_in_executor(self.executor, registry.create, name, size)
+        except AvatarError as e:
+            raise ProtocolError("unknown_avatar", str(e)) from e
+        self.avatar = name
+        self.pipeline = AvatarPipeline(self.models, self.cfg, self.seed, renderer)
+        self.video = AvatarVideoTrack(self._produce, self.clock, self.cfg.video.fps, self._on_frame)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as e:  # aiortc raises ValueError and others on bad SDP
+            raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
+        self.pc.addTrack(self.video)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self.spawn(self._process_audio(), "process-audio")
+        self.spawn(self._stats_loop(), "stats")
+        return str(self.pc.localDescription.sdp)
+
+    async def add_candidate(self, cand: dict[str, Any] | None) -> None:
+        """A trickled remote ICE candidate (None: end of candidates)."""
+        if cand is None or not cand.get("candidate"):
+            return
+        if self.pc.remoteDescription is None:
+            raise ProtocolError("state", "candidate before offer")
+        try:
+            text = str(cand["candidate"])
+            c = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
+            c.sdpMid = cand.get("sdpMid")
+            c.sdpMLineIndex = cand.get("sdpMLineIndex")
+        except Exception as e:
+            raise ProtocolError("bad_candidate", f"cannot parse ICE candidate {cand!r}: {e}") from e
+        await self.pc.addIceCandidate(c)
+
+    async def set_avatar(self, name: str) -> None:
+        """Switch avatar live (the renderer is built in the worker thread)."""
+        if self.pipeline is None:
+            raise ProtocolError("state", "set_avatar before offer")
+        size = (self.cfg.video.width, self.cfg.video.height)
+        loop = asyncio.get_running_loop()
+        try:
+            renderer = await loop.run_in_executor(self.executor, self.models.registry.create, name, size)
+        except AvatarError as e:
+            raise ProtocolError("unknown_avatar", str(e)) from e
+        self.pipeline.renderer = renderer
+        self.avatar = name
+
+    def set_emotion(self, emotion: str, intensity: float, blend_s: float) -> None:
+        """Blend towards an emotion (validated by the animator)."""
+        if self.pipeline is None:
+            raise ProtocolError("state", "set_emotion before offer")
+        t = self.video.frames / self.cfg.video.fps if self.video else 0.0
+        try:
+            self.executor.submit(self.pipeline.animator.set_emotion, emotion, intensity, blend_s, t).result(timeout=2)
+        except ValueError as e:
+            raise ProtocolError("bad_control", str(e)) from e
+
+    # ---------------------------------------------------------------- media
+
+    async def _blackhole(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+
+    async def _drain_audio(self, track: MediaStreamTrack) -> None:
+        """Always drain: frames go into the bounded buffer, the oldest is dropped when full."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            if len(self._audio) == self._audio.maxlen:
+                self.audio_drops += 1
+            self._audio.append((frame, self.clock.now()))
+            self.audio_frames += 1
+            self._audio_ready.set()
+
+    async def _process_audio(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.pipeline is not None
+        pipeline = self.pipeline
+        while True:
+            await self._audio_ready.wait()
+            self._audio_ready.clear()
+            while self._audio:
+                batch = list(self._audio)
+                self._audio.clear()
+                frames = await loop.run_in_executor(self.executor, _push_batch, pipeline, batch)
+                if frames:
+                    self._send_visemes(frames)
+
+    async def _produce(self, t: float) -> tuple[np.ndarray, list[float]]:
+        assert self.pipeline is not None
+        loop = asyncio.get_running_loop()
+        yuv, sources, _ = await loop.run_in_executor(self.executor, self.pipeline.produce, t)
+        return yuv, sources
+
+    def _on_frame(self, now: float, sources: list[float]) -> None:
+        self.fps.tick(now)
+        for s in sources:
+            self.latency.add((now - s) * 1000.0)
+
+    def _send_visemes(self, frames: list[VisemeFrame]) -> None:
+        ch = self.channel
+        if ch is None or ch.readyState != "open" or self.pipeline is None:
+            return
+        weights = np.concatenate([f.weights for f in frames])
+        msg: dict[str, Any] = {
+            "type": "visemes",
+            "hop": frames[0].hop,
+            "hop_s": 0.01,
+            "server_t": round(self.clock.now(), 4),
+            "weights": np.round(weights, 3).tolist(),
+            "vad": {"prob": round(frames[-1].speech_prob, 3), "speaking": frames[-1].speaking},
+            "lookahead_ms": self.pipeline.lookahead_hops * 10,
+            "latency_ms": self.latency.summary(),
+        }
+        if not self._sent_names:
+            msg["names"] = list(VISEMES)
+            self._sent_names = True
+        try:
+            ch.send(json.dumps(msg))
+        except Exception as e:  # a closing channel must not kill the session
+            log.debug("session %s: visemes channel send failed: %s", self.sid, e)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.server.stats_interval_s)
+            await self._send({"v": 1, "type": "event", "name": "stats", "data": self.stats()})
+
+    # ---------------------------------------------------------------- stats & close
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able per-session statistics."""
+        return {
+            "session": self.sid,
+            "avatar": self.avatar,
+            "state": self.pc.connectionState,
+            "age_s": round(time.monotonic() - self.created, 1),
+            "fps": round(self.fps.fps(), 2),
+            "frames": self.video.frames if self.video else 0,
+            "skipped_ticks": self.video.skipped if self.video else 0,
+            "audio_frames": self.audio_frames,
+            "audio_drops": self.audio_drops,
+            "latency_ms": self.latency.summary(),
+            "lookahead_ms": self.pipeline.lookahead_hops * 10 if self.pipeline else None,
+            "tasks": len(self.tasks),
+        }
+
+    def close_soon(self) -> None:
+        """Schedule :meth:`close` (from callbacks that cannot await)."""
+        if self._closing is None and not self.closed:
+            self._closing = asyncio.get_running_loop().create_task(self.close(), name=f"{self.sid}:close")
+
+    async def close(self) -> None:
+        """Stop media, cancel and await every task, close the peer connection. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        tasks = [t for t in self.tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.video is not None:
+            self.video.stop()
+        await self.pc.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.on_closed is not None:
+            await self.on_closed(self)
+        log.info("session %s closed", self.sid)
+
+
+def _push_batch(pipeline: AvatarPipeline, batch: list[tuple[av.AudioFrame, float]]) -> list[VisemeFrame]:
+    out: list[VisemeFrame] = []
+    for frame, arrival in batch:
+        out.extend(pipeline.push_frame(frame, arrival))
+    return out
