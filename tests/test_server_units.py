@@ -1,0 +1,117 @@
+"""Unit tests: config loading, signaling message validation, the paced video track."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.clock import VirtualClock
+from server.config import load_config
+from server.errors import ConfigError, ProtocolError
+from server.media.video_out import VIDEO_CLOCK_RATE, AvatarVideoTrack
+from server.signaling import parse_message
+from server.stats import FpsMeter, RollingStats
+
+
+def test_default_config_loads_with_documented_defaults() -> None:
+    cfg = load_config()
+    assert cfg.server.ice_servers == ()  # no public STUN server unless configured
+    assert cfg.video.fps == 30.0 and (cfg.video.width, cfg.video.height) == (512, 512)
+    assert cfg.visemes.engine == "auto"
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("[video]\nfps = 500\n", "video.fps must be in 1..60, got 500"),
+        ("[vad]\nthreshold_on = 0.3\nthreshold_off = 0.6\n", "vad.threshold_off"),
+        ("[server]\nprot = 1\n", "unknown key server.prot"),
+        ("[nonsense]\n", "unknown config section 'nonsense'"),
+        ("[visemes]\nengine = 'magic'\n", "visemes.engine must be one of"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_key_and_value(tmp_path: Path, toml: str, needle: str) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(toml)
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace(".", r"\.")):
+        load_config(p)
+
+
+def test_config_ice_servers_parsed(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[server]\nice_servers = [{urls = "stun:example.org:3478"}]\n')
+    cfg = load_config(p)
+    assert cfg.server.ice_servers[0].urls == ("stun:example.org:3478",)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        (json.dumps({"type": "offer"}), "bad_version"),
+        (json.dumps({"v": 2, "type": "offer"}), "bad_version"),
+        (json.dumps({"v": 1, "type": "launch_missiles"}), "unknown_type"),
+        (json.dumps({"v": 1, "type": "control", "pad": "x" * 300_000}), "too_large"),
+    ],
+)
+def test_parse_message_errors(text: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as e:
+        parse_message(text, 262_144)
+    assert e.value.code == code and str(e.value)
+
+
+def test_parse_message_ok() -> None:
+    assert parse_message(json.dumps({"v": 1, "type": "bye"}), 1024)["type"] == "bye"
+
+
+async def test_video_track_paces_by_pts_on_injected_clock() -> None:
+    clock = VirtualClock(100.0)
+    seen: list[float] = []
+
+    async def produce(t: float) -> tuple[np.ndarray, list[float]]:
+        seen.append(t)
+        return np.zeros((48, 32), np.uint8), [clock.now() - 0.01]
+
+    latencies: list[float] = []
+    track = AvatarVideoTrack(produce, clock, 30.0, lambda now, src: latencies.extend(now - s for s in src))
+    frames = [await track.recv() for _ in range(10)]
+    assert [f.pts for f in frames] == [round(i * VIDEO_CLOCK_RATE / 30) for i in range(10)]
+    assert clock.now() == pytest.approx(100.0 + 9 / 30)  # slept exactly until each tick
+    assert seen == pytest.approx([i / 30 for i in range(10)])
+    assert latencies == pytest.approx([0.01] * 10)
+
+
+async def test_video_track_skips_ticks_instead_of_building_latency() -> None:
+    clock = VirtualClock(0.0)
+
+    async def slow_produce(t: float) -> tuple[np.ndarray, list[float]]:
+        clock.advance_to(clock.now() + 0.1)  # rendering takes 3 frame periods
+        return np.zeros((48, 32), np.uint8), []
+
+    track = AvatarVideoTrack(slow_produce, clock, 30.0)
+    frames = [await track.recv() for _ in range(6)]
+    pts_s = [f.pts / VIDEO_CLOCK_RATE for f in frames]
+    # timestamps follow the clock (lag stays bounded) rather than one tick per frame
+    assert pts_s[-1] >= clock.now() - 0.1 - 2 / 30
+    assert track.skipped > 0
+    track.stop()
+    from aiortc.mediastreams import MediaStreamError
+
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+def test_rolling_stats_and_fps() -> None:
+    r = RollingStats(maxlen=100)
+    assert r.summary()["p50"] is None
+    r.extend([float(i) for i in range(200)])
+    assert r.summary()["p50"] == pytest.approx(149.5)
+    m = FpsMeter()
+    for i in range(61):
+        m.tick(i / 30)
+    assert m.fps() == pytest.approx(30.0)
