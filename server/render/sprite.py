@@ -62,7 +62,7 @@ CANVAS_LAYERS: tuple[str, ...] = ("background", "body", "head")
 EYE_STATES: tuple[str, ...] = ("open", "half", "closed")
 BREATH_LEVELS = 8  # precomputed body frames
 HEAD_CACHE_SIZE = 96  # composited heads kept per renderer
-MAX_ROLL = 0.25  # rad, head tilt is clamped to this
+MAX_ROLL = 0.3  # rad, head tilt is clamped to this
 
 
 def viseme_to_rhubarb() -> dict[str, str]:
@@ -528,20 +528,33 @@ class SpriteRenderer:
                 _Layer.make(stretched, round(ox), round(oy) + bh - stretched.shape[0]).draw(frame)
             self._bases.append(frame)
 
-        # The head: its art bbox padded for rotation, in output px; features relative to it.
+        # The head: the bbox of its art and of every feature layer, in output px; the cached
+        # composite covers it, and per frame only its rotated bbox is warped and blended.
         head = scaled(pack.head)
         hx0, hy0, hx1, hy1 = _alpha_bbox(head)
-        pvx, pvy = to_out(pack.anchors["head_pivot"])
-        pvx, pvy = pvx - round(ox), pvy - round(oy)
-        reach = max(math.hypot(x - pvx, y - pvy) for x in (hx0, hx1) for y in (hy0, hy1))
-        pad = math.ceil(reach * math.sin(MAX_ROLL)) + 3
-        hx0, hy0 = max(hx0 - pad, 0), max(hy0 - pad, 0)
-        hx1, hy1 = min(hx1 + pad, head.shape[1]), min(hy1 + pad, head.shape[0])
-        self._head_rect = (hx0 + round(ox), hy0 + round(oy), hx1 - hx0, hy1 - hy0)  # x, y, w, h
-        self._head_straight = np.ascontiguousarray(head[hy0:hy1, hx0:hx1])
-        self._head_base = premultiply(self._head_straight)
+        hx0, hy0 = hx0 + round(ox), hy0 + round(oy)
+        hx1, hy1 = hx1 + round(ox), hy1 + round(oy)
+        slack = math.ceil(max(pack.gaze_px, pack.brow_px) * s) + 1
+        feats: list[tuple[NDArray[np.uint8], str]] = [(v, "eyes") for v in pack.eyes.values()]
+        feats += [(v, "mouth") for v in pack.mouths.values()]
+        feats += [(v, "mouth") for m in pack.emotion_mouths.values() for v in m.values()]
+        if pack.pupils is not None:
+            feats.append((pack.pupils, "pupils"))
+        if pack.brows is not None:
+            feats += [(v, "brows") for v in (pack.brows, *pack.emotion_brows.values())]
+        for img, anchor in feats:
+            ax, ay = to_out(pack.anchors[anchor])
+            fw, fh = img.shape[1] * s / 2.0 + slack, img.shape[0] * s / 2.0 + slack
+            hx0, hy0 = min(hx0, math.floor(ax - fw)), min(hy0, math.floor(ay - fh))
+            hx1, hy1 = max(hx1, math.ceil(ax + fw)), max(hy1, math.ceil(ay + fh))
+        hx0, hy0, hx1, hy1 = max(hx0, 0), max(hy0, 0), min(hx1, w), min(hy1, h)
+        self._head_rect = (hx0, hy0, hx1 - hx0, hy1 - hy0)  # x, y, w, h in output px
+        full = np.zeros((h, w, 4), np.uint8)
+        x0, y0 = round(ox), round(oy)
+        full[y0 : y0 + head.shape[0], x0 : x0 + head.shape[1]] = head[: h - y0, : w - x0]
+        self._head_base = premultiply(np.ascontiguousarray(full[hy0:hy1, hx0:hx1]))
         px, py = to_out(pack.anchors["head_pivot"])
-        self._pivot = (px - self._head_rect[0], py - self._head_rect[1])
+        self._pivot = (px - hx0, py - hy0)
 
         def feature(img: NDArray[np.uint8], anchor: str) -> _Layer:
             sc = scaled(img)
@@ -643,17 +656,24 @@ class SpriteRenderer:
             - _clamp(state.breath, 0.0, 1.0) * 0.004 * h
             + _clamp(state.jaw_open, 0.0, 1.0) * 0.004 * h
         )
-        ix, iy = math.floor(dx), math.floor(dy)
-        fx, fy = dx - ix, dy - iy
-        if abs(roll) < 0.05 and fx < 0.02 and fy < 0.02:
-            src, sinv = head, inv
-        else:
-            m = cv2.getRotationMatrix2D(self._pivot, -roll, 1.0)
-            m[0, 2] += fx
-            m[1, 2] += fy
-            src = _u8(cv2.warpAffine(head, m, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)))
-            sinv = _u8(cv2.cvtColor(cv2.subtract(np.full((rh, rw), 255, np.uint8), np.ascontiguousarray(src[..., 3])), cv2.COLOR_GRAY2RGBA))
-        _Layer(src, sinv, rx + ix, ry + iy).draw(out)
+        if abs(roll) < 0.05:
+            _Layer(head, inv, rx + round(dx), ry + round(dy)).draw(out)
+            return out
+        # Rotate about the pivot, translate; warp only the destination bbox of the head rect.
+        m = cv2.getRotationMatrix2D(self._pivot, -roll, 1.0)
+        m[0, 2] += rx + dx
+        m[1, 2] += ry + dy
+        corners = np.array([[0, 0, 1], [rw, 0, 1], [0, rh, 1], [rw, rh, 1]], np.float64) @ m.T
+        x0, y0 = max(math.floor(corners[:, 0].min()), 0), max(math.floor(corners[:, 1].min()), 0)
+        x1, y1 = min(math.ceil(corners[:, 0].max()), w), min(math.ceil(corners[:, 1].max()), h)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        m[0, 2] -= x0
+        m[1, 2] -= y0
+        src = _u8(cv2.warpAffine(head, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)))
+        a = np.ascontiguousarray(src[..., 3])
+        sinv = _u8(cv2.cvtColor(cv2.subtract(np.full(a.shape, 255, np.uint8), a), cv2.COLOR_GRAY2RGBA))
+        _Layer(src, sinv, x0, y0).draw(out)
         return out
 
 
