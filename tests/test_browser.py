@@ -1,0 +1,340 @@
+"""The web page in a real browser: Debian's chromium, driven by playwright, fake microphone.
+
+Run inside the private network (WebRTC finds no ICE candidates on loopback alone):
+``tests/netns_run.sh .venv/bin/python -m pytest -q tests/test_browser.py``.
+
+The live test starts the real server on 198.18.0.1, presses Start, and checks that the page goes
+live, the avatar video plays, the first frame comes quickly, the mouth moves with the fake
+microphone's speech, and Stop ends the server's session. The error tests check the human
+messages for an unreachable server, a denied microphone and a missing microphone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_DIR = ROOT / "client_web"
+CHROMIUM = Path("/usr/bin/chromium")
+FIRST_FRAME_BOUND_MS = 5000.0  # generous: the target is <= 1000 ms, reported by the test
+MOUTH_RANGE_MIN = 0.08  # max - min of mouth_openness over the sampled frames while speech plays
+SAMPLE_SECONDS = 6.0  # covers the whole looping speech_wav (silences and sentences)
+SAMPLE_EVERY_S = 0.1
+
+# Grab the current video frame at its native size as a JPEG data URL (plus when it was shown).
+GRAB_JS = """() => {
+  const v = document.getElementById('avatar-video');
+  if (!v || !v.videoWidth) return null;
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  c.getContext('2d').drawImage(v, 0, 0);
+  return {url: c.toDataURL('image/jpeg', 0.95), t: v.currentTime,
+          speaking: window.avatarClient.stats.speaking};
+}"""
+
+
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """GET ``url`` and parse the JSON body."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class Server:
+    """``python -m server serve`` on ``host`` as a subprocess; output kept in ``log``."""
+
+    def __init__(self, host: str, workdir: Path) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.log = workdir / "server.log"
+        self.data_dir = workdir / "data"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """http://HOST:PORT"""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start and wait for ``/healthz``; fails with the server's log otherwise."""
+        cmd = [sys.executable, "-m", "server", "serve", "--host", self.host, "--port", str(self.port),
+               "--data-dir", str(self.data_dir)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if get_json(self.url + "/healthz", timeout=2).get("ok"):
+                    return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"server did not answer /healthz within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        """SIGINT (graceful), SIGKILL after 10 s; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 40) -> str:
+        """The last ``n`` lines the server printed."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server on the private test address."""
+    srv = Server(netns, tmp_path_factory.mktemp("browser-server"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def chromium_args(origin: str, wav: Path | None, fake_ui: bool = True) -> list[str]:
+    """Flags for a quiet, offline, headless chromium with a fake microphone playing ``wav``."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make setup-test)")
+    args = [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required",
+        # the page is served over plain http from 198.18.0.1: let it use the microphone
+        f"--unsafely-treat-insecure-origin-as-secure={origin}",
+        "--use-fake-device-for-media-stream",
+    ]
+    if fake_ui:
+        args.append("--use-fake-ui-for-media-stream")  # grant the microphone without a prompt
+    if wav is not None:
+        args.append(f"--use-file-for-fake-audio-capture={wav}")
+    return args
+
+
+@asynccontextmanager
+async def browser_page(tmp_path: Path, origin: str, wav: Path | None, *, fake_ui: bool = True,
+                       viewport: tuple[int, int] = (1280, 860)) -> AsyncIterator[tuple[Any, list[str]]]:
+    """(page, uncaught page errors) in a fresh chromium profile."""
+    from playwright.async_api import async_playwright
+
+    profile = tmp_path / "profile"
+    async with async_playwright() as pw:
+        ctx = await pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), args=chromium_args(origin, wav, fake_ui),
+            viewport={"width": viewport[0], "height": viewport[1]},
+        )
+        try:
+            page = ctx.pages[0] if ctx.pages else await ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+        finally:
+            await ctx.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+async def serve_page_offline(page: Any, origin: str) -> None:
+    """Answer the page's HTTP requests from client_web/ (no server behind ``origin``).
+
+    WebSockets are not intercepted: ``/ws`` goes to the real, closed port.
+    """
+
+    async def handle(route: Any) -> None:
+        path = route.request.url[len(origin):].split("?", 1)[0]
+        if path in ("", "/"):
+            f = CLIENT_DIR / "index.html"
+        elif path.startswith("/static/"):
+            f = CLIENT_DIR / path[len("/static/"):]
+        else:
+            await route.abort("connectionrefused")
+            return
+        ctype = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}.get(f.suffix, "application/octet-stream")
+        await route.fulfill(status=200, body=f.read_bytes(), content_type=ctype)
+
+    await page.route(origin + "/**", handle)
+
+
+def decode_data_url(url: str) -> NDArray[np.uint8]:
+    """A ``data:image/...;base64,`` URL as an (H, W, 3) uint8 RGB array."""
+    raw = base64.b64decode(url.split(",", 1)[1])
+    bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"could not decode a frame grab ({len(raw)} bytes)")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+async def body_state(page: Any) -> str:
+    """``document.body.dataset.state``."""
+    return str(await page.evaluate("document.body.dataset.state"))
+
+
+async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav: Path, tmp_path: Path) -> None:
+    from server.render.measure import mouth_openness
+
+    listing = get_json(server.url + "/avatars")
+    default = listing["default"]
+    kinds = {a["name"]: a["kind"] for a in listing["avatars"]}
+    character = default if kinds.get(default) == "built-in" else None
+    assert get_json(server.url + "/healthz")["sessions"] == 0
+
+    async with browser_page(tmp_path, server.url, speech_wav) as (page, errors):
+        await page.goto(server.url + "/")
+        assert await body_state(page) == "idle"
+        # the avatar picker lists the server's avatars, default selected
+        await page.wait_for_function(
+            "() => document.getElementById('avatar-select').value !== ''", timeout=10_000)
+        assert await page.input_value("#avatar-select") == default
+
+        await page.click("#btn-start")
+        await page.wait_for_function(
+            "() => ['live', 'error'].includes(document.body.dataset.state)", timeout=30_000)
+        msg = await page.inner_text("#message")
+        assert await body_state(page) == "live", f"page did not go live: {msg!r}\n{server.log_tail()}"
+        client = await page.evaluate("window.avatarClient")
+        first_ms = client["firstFrameAt"] - client["startedAt"]
+        print(f"\nfirst avatar frame {first_ms:.0f} ms after Start (target <= 1000 ms)")
+        assert 0 < first_ms <= FIRST_FRAME_BOUND_MS, client
+
+        # the video plays: real frames, time advancing
+        w = await page.evaluate("document.getElementById('avatar-video').videoWidth")
+        t0 = await page.evaluate("document.getElementById('avatar-video').currentTime")
+        await asyncio.sleep(1.0)
+        t1 = await page.evaluate("document.getElementById('avatar-video').currentTime")
+        assert w > 0, "video element has no frames"
+        assert t1 - t0 > 0.5, f"video time advanced only {t1 - t0:.3f} s in 1 s"
+
+        # the mouth moves while the fake microphone speaks
+        grabs: list[tuple[float, bool, float]] = []  # (video time, speaking, openness)
+        end = time.monotonic() + SAMPLE_SECONDS
+        while time.monotonic() < end:
+            g = await page.evaluate(GRAB_JS)
+            assert g is not None, "video lost its frames"
+            rgb = decode_data_url(g["url"])
+            grabs.append((float(g["t"]), bool(g["speaking"]), float(mouth_openness(rgb, character))))
+            await asyncio.sleep(SAMPLE_EVERY_S)
+        opens = np.array([o for _, _, o in grabs])
+        speaking = np.array([s for _, s, _ in grabs])
+        print(f"mouth openness over {len(grabs)} grabs: min {opens.min():.3f} max {opens.max():.3f} "
+              f"mean speaking {opens[speaking].mean() if speaking.any() else float('nan'):.3f} "
+              f"mean silent {opens[~speaking].mean() if (~speaking).any() else float('nan'):.3f}")
+        assert opens.max() - opens.min() > MOUTH_RANGE_MIN, f"mouth does not move: {np.round(opens, 3).tolist()}"
+        assert speaking.any(), "the server's VAD never reported speech from the fake microphone"
+
+        # the page shows live statistics from the server and the data channel
+        stats = (await page.evaluate("window.avatarClient"))["stats"]
+        print(f"page stats: {json.dumps(stats)}")
+        assert stats["visemeMessages"] > 50, stats
+        assert stats["fps"] is not None and stats["fps"] > 10, stats
+        assert stats["rttMs"] is not None, stats
+        assert stats["latencyP50"] is not None, stats
+        assert (await page.inner_text("#stat-fps")).strip() != "—"
+        assert get_json(server.url + "/healthz")["sessions"] == 1
+
+        # Stop: the page says stopped and the server drops the session
+        await page.click("#btn-stop")
+        assert await body_state(page) == "stopped"
+        deadline = time.monotonic() + 10
+        sessions = -1
+        while time.monotonic() < deadline:
+            sessions = get_json(server.url + "/healthz")["sessions"]
+            if sessions == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert sessions == 0, f"server still has {sessions} session(s) after Stop"
+        assert errors == [], errors
+
+
+async def test_unreachable_server_shows_human_message(netns: str, speech_wav: Path, tmp_path: Path) -> None:
+    origin = f"http://{netns}:{free_port(netns)}"  # nothing listens there
+    async with browser_page(tmp_path, origin, speech_wav) as (page, errors):
+        await serve_page_offline(page, origin)
+        await page.goto(origin + "/")
+        await page.click("#btn-start")
+        await page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=15_000)
+        title = await page.inner_text("#message-title")
+        text = await page.inner_text("#message-text")
+        assert "reach" in title.lower(), (title, text)
+        assert origin.removeprefix("http://") in text, text
+        assert await page.is_visible("#btn-retry")
+        assert not await page.is_disabled("#btn-start")
+        assert await page.is_disabled("#btn-stop")
+        code = await page.evaluate("window.avatarClient.lastError && window.avatarClient.lastError.code")
+        assert code == "unreachable"
+        # the microphone was released again (level meter stopped)
+        assert await page.get_attribute("#mic-meter", "aria-valuenow") == "0"
+        assert errors == [], errors
+
+
+async def test_denied_microphone_shows_human_message(netns: str, tmp_path: Path) -> None:
+    origin = f"http://{netns}:{free_port(netns)}"
+    # no fake UI and no granted permission: the browser refuses the microphone (NotAllowedError)
+    async with browser_page(tmp_path, origin, None, fake_ui=False) as (page, errors):
+        await serve_page_offline(page, origin)
+        await page.goto(origin + "/")
+        await page.click("#btn-start")
+        await page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=15_000)
+        title = await page.inner_text("#message-title")
+        text = await page.inner_text("#message-text")
+        assert title == "Microphone blocked", (title, text)
+        assert "allow" in text.lower()
+        assert await page.is_visible("#btn-retry")
+
+
+async def test_missing_microphone_shows_human_message(netns: str, tmp_path: Path) -> None:
+    origin = f"http://{netns}:{free_port(netns)}"
+    async with browser_page(tmp_path, origin, None) as (page, errors):
+        # a machine without any audio input: getUserMedia rejects with NotFoundError
+        await page.add_init_script(
+            "navigator.mediaDevices.getUserMedia = () => Promise.reject("
+            "new DOMException('Requested device not found', 'NotFoundError'));")
+        await serve_page_offline(page, origin)
+        await page.goto(origin + "/")
+        await page.click("#btn-start")
+        await page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=15_000)
+        title = await page.inner_text("#message-title")
+        assert title == "No microphone found", title
+        assert "plug in" in (await page.inner_text("#message-text")).lower()
