@@ -125,7 +125,7 @@ class ClientStats:
 
     url: str = ""
     session: str | None = None
-    server_version: str | None = None
+    server_version: Any = None  # the welcome's `server` field
     audio_s: float = 0.0  # length of the WAV played
     duration_s: float = 0.0  # how long the microphone ran (WAV + tail)
     mic_frames_sent: int = 0
@@ -145,6 +145,8 @@ class ClientStats:
     dc_latency_ms_p95: float | None = None  # median over data-channel messages of their p95
     dc_messages: int = 0
     dc_hops: int = 0
+    mouth_lag_s: float | None = None  # audio -> visible mouth delay (best cross-correlation)
+    mouth_corr: float | None = None  # correlation of mouth openness and speech loudness there
     server_stats_events: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # names of the events received, in order
     errors: list[dict[str, Any]] = field(default_factory=list)  # server error messages
@@ -209,6 +211,49 @@ def _num(x: object) -> float | None:
     if isinstance(x, bool) or not isinstance(x, int | float):
         return None
     return float(x) if np.isfinite(x) else None
+
+
+def loudness_envelope(samples: NDArray[np.int16], rate: int = MIC_RATE) -> NDArray[np.float64]:
+    """Speech loudness per 10 ms: (n_hops,) in 0..1 (0 = below -50 dBFS, 1 = -10 dBFS and up)."""
+    hop = rate // 100
+    n = samples.size // hop
+    x = samples[: n * hop].astype(np.float64).reshape(n, hop) / 32768.0
+    db = 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
+    return np.clip((db + 50.0) / 40.0, 0.0, 1.0)
+
+
+def mouth_audio_lag(
+    samples: NDArray[np.int16],
+    t: NDArray[np.float64],
+    mouth: NDArray[np.float64],
+    max_lag_s: float = 1.0,
+) -> tuple[float | None, float | None]:
+    """Delay (s) at which mouth openness best follows the sent audio's loudness, and that r.
+
+    ``samples``: the sent mic audio (48 kHz int16, starting at t0); ``t``: frame arrival times
+    (s since t0), ``mouth``: openness per frame, both (n,). Pearson correlation of the 10 ms
+    loudness envelope shifted by 0..``max_lag_s`` against the mouth signal resampled on the
+    same grid. (None, None) when either signal is flat.
+    """
+    env = loudness_envelope(samples)
+    keep = t >= 0.0
+    t, mouth = t[keep], mouth[keep]
+    if t.size < 10 or np.ptp(mouth) == 0 or np.ptp(env) == 0:
+        return None, None
+    grid = np.arange(0.0, t[-1], 0.01)
+    m = np.interp(grid, t, mouth)
+    best: tuple[float, float] | None = None
+    for lag in range(int(max_lag_s * 100) + 1):
+        n = min(grid.size - lag, env.size)
+        if n < 100:
+            break
+        a, b = m[lag : lag + n], env[:n]
+        if np.std(a) == 0 or np.std(b) == 0:
+            continue
+        r = float(np.corrcoef(a, b)[0, 1])
+        if best is None or r > best[1]:
+            best = (lag / 100.0, r)
+    return (best[0], best[1]) if best is not None else (None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,6 +638,12 @@ class AvatarClient:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def failure(self) -> ClientError | None:
+        """The first failure seen so far (server error, lost connection), or None."""
+        if self._failure is not None and self._failure.done():
+            return self._failure.result()
+        return None
+
     def _fail(self, err: ClientError) -> None:
         """Record the first failure; ``wait_done`` raises it."""
         if self._failure is not None and not self._failure.done():
@@ -858,6 +909,9 @@ class AvatarClient:
             await asyncio.to_thread(self._worker.close)
         self._rebase()
         self.stats.finalize()
+        ts, ms = self.stats.mouth_series()
+        if ts.size >= 30:
+            self.stats.mouth_lag_s, self.stats.mouth_corr = mouth_audio_lag(self.audio, ts, ms)
 
 
 async def run_client(
