@@ -1,0 +1,385 @@
+"""Frame accuracy of viseme models, run through the streaming API exactly as served.
+
+``python -m engines.evaluate --model engines/weights/visemes.onnx --out docs/eval`` scores the
+model and the ``energy`` baseline on
+
+- the synthetic validation split (held-out voices/languages; features pushed 2 hops at a time),
+- the real reference recordings (hand-labelled phone boundaries; audio pushed 20 ms at a time
+  through :class:`engines.features.LogMelStream`),
+- the real aligned set (automatic alignments), reported separately,
+
+on the 15 visemes and on Rhubarb's 9 shapes (A-H, X), strict and tolerant (a frame is correct
+if the prediction equals the reference anywhere within +-4 hops = +-40 ms). It writes
+``eval.json`` (all numbers), ``confusion.png`` and, with ``--lookahead-sweep runs/la*``,
+``lookahead.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engines.features import LogMelStream
+from engines.phonemes import VISEME_TO_RHUBARB
+from engines.predictor import VisemeModel
+from engines.spec import HOP_LENGTH, N_VISEMES, SAMPLE_RATE, VISEMES
+
+log = logging.getLogger(__name__)
+
+TOLERANCE_HOPS = 4  # +-40 ms
+CHUNK_SAMPLES = SAMPLE_RATE // 50  # 20 ms of audio per push, as the server does
+RHUBARB_SHAPES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "G", "H", "X")
+
+
+def rhubarb_table() -> NDArray[np.int64]:
+    """(15,) viseme index -> index into RHUBARB_SHAPES."""
+    return np.array([RHUBARB_SHAPES.index(VISEME_TO_RHUBARB[v]) for v in VISEMES], np.int64)
+
+
+def to_rhubarb(visemes: NDArray[np.integer[Any]]) -> NDArray[np.int64]:
+    """Viseme indices (any shape) -> Rhubarb shape indices (same shape)."""
+    return rhubarb_table()[np.asarray(visemes, np.int64)]
+
+
+def strict_accuracy(pred: NDArray[np.integer[Any]], ref: NDArray[np.integer[Any]]) -> float:
+    """Fraction of frames where ``pred == ref``; (T,) int arrays of equal length."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape or pred.ndim != 1:
+        raise ValueError(f"pred and ref must be equal-length 1-D, got {pred.shape} and {ref.shape}")
+    if pred.size == 0:
+        raise ValueError("no frames to score")
+    return float(np.mean(pred == ref))
+
+
+def tolerant_hits(
+    pred: NDArray[np.integer[Any]], ref: NDArray[np.integer[Any]], tol: int = TOLERANCE_HOPS
+) -> NDArray[np.bool_]:
+    """(T,) bool: ``pred[t]`` equals ``ref[s]`` for some ``|s - t| <= tol`` (clipped at the ends)."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape or pred.ndim != 1:
+        raise ValueError(f"pred and ref must be equal-length 1-D, got {pred.shape} and {ref.shape}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    n = pred.shape[0]
+    hit = np.zeros(n, bool)
+    for d in range(-tol, tol + 1):
+        lo, hi = max(0, -d), min(n, n - d)  # t in [lo, hi) has t + d in range
+        if lo < hi:
+            hit[lo:hi] |= pred[lo:hi] == ref[lo + d : hi + d]
+    return hit
+
+
+def tolerant_accuracy(
+    pred: NDArray[np.integer[Any]], ref: NDArray[np.integer[Any]], tol: int = TOLERANCE_HOPS
+) -> float:
+    """Fraction of frames whose prediction occurs in the reference within +-``tol`` hops."""
+    if np.asarray(pred).size == 0:
+        raise ValueError("no frames to score")
+    return float(np.mean(tolerant_hits(pred, ref, tol)))
+
+
+@dataclass
+class Scores:
+    """Accumulated frame counts over utterances (micro-averaged: every frame weighs the same)."""
+
+    frames: int = 0
+    hits: dict[str, int] = field(default_factory=lambda: {k: 0 for k in METRICS})
+    confusion15: NDArray[np.int64] = field(default_factory=lambda: np.zeros((N_VISEMES, N_VISEMES), np.int64))
+    confusion9: NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros((len(RHUBARB_SHAPES), len(RHUBARB_SHAPES)), np.int64)
+    )
+
+    def add(self, pred: NDArray[np.integer[Any]], ref: NDArray[np.integer[Any]]) -> None:
+        """Score one utterance's (T,) predicted and reference viseme indices."""
+        pred, ref = np.asarray(pred, np.int64), np.asarray(ref, np.int64)
+        if pred.shape != ref.shape:
+            raise ValueError(f"pred {pred.shape} vs ref {ref.shape}")
+        p9, r9 = to_rhubarb(pred), to_rhubarb(ref)
+        self.frames += int(pred.size)
+        self.hits["viseme_strict"] += int(np.sum(pred == ref))
+        self.hits["viseme_tolerant"] += int(np.sum(tolerant_hits(pred, ref)))
+        self.hits["rhubarb_strict"] += int(np.sum(p9 == r9))
+        self.hits["rhubarb_tolerant"] += int(np.sum(tolerant_hits(p9, r9)))
+        np.add.at(self.confusion15, (ref, pred), 1)
+        np.add.at(self.confusion9, (r9, p9), 1)
+
+    def summary(self) -> dict[str, float]:
+        """Accuracies (0-1) per metric, plus the frame count."""
+        if self.frames == 0:
+            return {"frames": 0}
+        out: dict[str, float] = {k: round(v / self.frames, 4) for k, v in self.hits.items()}
+        out["frames"] = self.frames
+        return out
+
+
+METRICS = ("viseme_strict", "viseme_tolerant", "rhubarb_strict", "rhubarb_tolerant")
+
+
+# --------------------------------------------------------------------------------------------
+# Running models through the streaming API.
+
+
+def stream_features(model: VisemeModel, features: NDArray[np.float32], hops_per_push: int = 2) -> NDArray[np.float32]:
+    """(T, 40) features pushed ``hops_per_push`` at a time, then flush -> (T, 15) probabilities."""
+    s = model.stream()
+    rows = [s.push(features[a : a + hops_per_push]) for a in range(0, features.shape[0], hops_per_push)]
+    rows.append(s.flush())
+    out = np.concatenate(rows, axis=0)
+    if out.shape[0] != features.shape[0]:
+        raise RuntimeError(f"{model.name}: {out.shape[0]} rows for {features.shape[0]} hops")
+    return out
+
+
+def stream_audio(model: VisemeModel, audio: NDArray[np.float32], chunk: int = CHUNK_SAMPLES) -> NDArray[np.float32]:
+    """16 kHz audio pushed ``chunk`` samples at a time through LogMelStream and the model.
+
+    Returns (len(audio) // 160, 15) probabilities, one row per complete hop.
+    """
+    fe = LogMelStream()
+    s = model.stream()
+    rows = []
+    for a in range(0, audio.shape[0], chunk):
+        feats = fe.push(audio[a : a + chunk])
+        if feats.shape[0]:
+            rows.append(s.push(feats))
+    rows.append(s.flush())
+    out = np.concatenate(rows, axis=0)
+    n = audio.shape[0] // HOP_LENGTH
+    if out.shape[0] != n:
+        raise RuntimeError(f"{model.name}: {out.shape[0]} rows for {n} hops")
+    return out
+
+
+@dataclass
+class LabelledAudio:
+    """A real recording with per-hop reference visemes: audio (N,) float32 16 kHz, labels (T,)."""
+
+    name: str
+    audio: NDArray[np.float32]
+    labels: NDArray[np.int8]
+
+
+def _as_labelled(items: Iterable[Any]) -> list[LabelledAudio]:
+    """Adapt engines.realdata's records (attribute names may vary) to LabelledAudio."""
+    out = []
+    for i, it in enumerate(items):
+        name = str(getattr(it, "name", getattr(it, "utt_id", f"utt{i}")))
+        audio = np.asarray(it.audio, np.float32)
+        labels = np.asarray(it.labels, np.int64)
+        out.append(LabelledAudio(name, audio, labels.astype(np.int8)))
+    return out
+
+
+def real_sets() -> dict[str, list[LabelledAudio]]:
+    """{'real_reference': [...], 'real_aligned': [...]} from engines.realdata (absent sets omitted)."""
+    try:
+        from engines import realdata
+    except ImportError as e:
+        log.warning("engines.realdata unavailable (%s): no real-speech evaluation", e)
+        return {}
+    sets: dict[str, list[LabelledAudio]] = {}
+    for key, fn in (("real_reference", "load_reference_set"), ("real_aligned", "load_aligned_set")):
+        loader: Callable[[], Iterable[Any]] | None = getattr(realdata, fn, None)
+        if loader is None:
+            continue
+        try:
+            sets[key] = _as_labelled(loader())
+        except Exception as e:  # a missing aligner / data folder must not hide the other set
+            log.warning("%s() failed: %s", fn, e)
+    return sets
+
+
+def _aligned_pred(probs: NDArray[np.float32], labels: NDArray[np.integer[Any]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    n = min(probs.shape[0], labels.shape[0])
+    return probs[:n].argmax(axis=1), np.asarray(labels[:n], np.int64)
+
+
+def score_audio_set(model: VisemeModel, items: Sequence[LabelledAudio]) -> Scores:
+    """Stream every recording's audio through ``model``; accumulate the scores."""
+    sc = Scores()
+    for it in items:
+        pred, ref = _aligned_pred(stream_audio(model, it.audio), it.labels)
+        sc.add(pred, ref)
+    return sc
+
+
+def score_feature_set(model: VisemeModel, items: Sequence[Any], limit: int | None = None) -> Scores:
+    """Stream corpus utterances (``features``, ``labels``) through ``model``; accumulate scores."""
+    sc = Scores()
+    for it in list(items)[:limit]:
+        pred, ref = _aligned_pred(stream_features(model, it.features), it.labels)
+        sc.add(pred, ref)
+    return sc
+
+
+def evaluate_model(model: VisemeModel, val: Sequence[Any], real: dict[str, list[LabelledAudio]], val_limit: int | None = None) -> dict[str, Any]:
+    """All sets for one model -> {set: summary}, plus the confusion matrices under ``_confusion``."""
+    res: dict[str, Any] = {"model": model.name, "lookahead_ms": model.lookahead_hops * 10}
+    conf: dict[str, Any] = {}
+    if val:
+        sc = score_feature_set(model, val, val_limit)
+        res["synthetic_val"] = sc.summary()
+        conf["synthetic_val"] = sc
+    for key, items in real.items():
+        sc = score_audio_set(model, items)
+        res[key] = sc.summary()
+        conf[key] = sc
+    res["_confusion"] = conf
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Plots.
+
+
+def plot_confusions(path: Path, panels: list[tuple[str, NDArray[np.int64], Sequence[str]]]) -> None:
+    """Row-normalised confusion matrices side by side (rows: reference, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6))
+    axes = np.atleast_1d(axes)
+    for ax, (title, cm, names) in zip(axes, panels, strict=True):
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(names)), names, rotation=90)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("reference")
+        ax.set_title(title, fontsize=10)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if norm[i, j] >= 0.1:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lookahead(path: Path, rows: list[dict[str, Any]], energy: dict[str, Any] | None) -> None:
+    """Accuracy vs lookahead (ms) for the sweep runs, one line per set/metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["lookahead_ms"])
+    xs = [r["lookahead_ms"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"synthetic_val": "-", "real_reference": "--", "real_aligned": ":"}
+    colors = {"rhubarb_tolerant": "tab:green", "rhubarb_strict": "tab:blue", "viseme_strict": "tab:orange"}
+    for set_name, ls in styles.items():
+        for metric, col in colors.items():
+            ys = [r.get(set_name, {}).get(metric, math.nan) for r in rows]
+            if all(math.isnan(y) for y in ys):
+                continue
+            ax.plot(xs, ys, ls, color=col, marker="o", label=f"{set_name} {metric}")
+            if energy and set_name == "real_reference" and metric in energy.get(set_name, {}):
+                ax.axhline(energy[set_name][metric], color=col, lw=0.8, alpha=0.5)
+    ax.set_xlabel("lookahead (ms)")
+    ax.set_ylabel("frame accuracy")
+    ax.set_title("Accuracy vs lookahead (thin lines: energy baseline on real_reference)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI.
+
+
+def _load(name: str, engine: str) -> VisemeModel:
+    from engines.onnx_predictor import load_viseme_model
+
+    return load_viseme_model(name, engine=engine)
+
+
+def _strip(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m engines.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default", help="ONNX path, 'default' (shipped) or 'energy'")
+    ap.add_argument("--engine", default="onnxruntime", help="inference backend (auto, onnxruntime, cuda, tensorrt)")
+    ap.add_argument("--corpus", default="data/corpus", help="corpus dir with a val/ split ('' to skip)")
+    ap.add_argument("--val-limit", type=int, default=400, help="max synthetic val utterances")
+    ap.add_argument("--lookahead-sweep", nargs="*", default=[], help="run dirs (each with visemes.onnx)")
+    ap.add_argument("--out", default="docs/eval", help="output folder")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    val: list[Any] = []
+    if args.corpus:
+        vdir = Path(args.corpus) / "val"
+        if vdir.is_dir():
+            from engines.corpus.dataset import load_corpus
+
+            val = load_corpus(vdir)
+        else:
+            log.warning("no synthetic val split at %s", vdir)
+    real = real_sets()
+
+    results: dict[str, Any] = {}
+    model = _load(args.model, args.engine)
+    res = evaluate_model(model, val, real, args.val_limit)
+    results["model"] = _strip(res)
+    energy = evaluate_model(_load("energy", args.engine), val, real, args.val_limit)
+    results["energy"] = _strip(energy)
+    for key in ("synthetic_val", "real_reference", "real_aligned"):
+        if key in res:
+            log.info("%-15s model %s", key, res[key])
+            log.info("%-15s energy %s", key, energy[key])
+
+    panels = []
+    conf = res["_confusion"]
+    for key in ("real_reference", "synthetic_val"):
+        if key in conf:
+            panels.append((f"{model.name}: {key}, Rhubarb shapes", conf[key].confusion9, RHUBARB_SHAPES))
+    if "synthetic_val" in conf:
+        panels.append((f"{model.name}: synthetic_val, 15 visemes", conf["synthetic_val"].confusion15, VISEMES))
+    if panels:
+        plot_confusions(out / "confusion.png", panels)
+        results["confusion_real_reference_rhubarb"] = (
+            conf["real_reference"].confusion9.tolist() if "real_reference" in conf else None
+        )
+
+    sweep = []
+    for run in args.lookahead_sweep:
+        onnx_path = Path(run) / "visemes.onnx"
+        if not onnx_path.is_file():
+            log.warning("sweep run %s has no visemes.onnx; skipped", run)
+            continue
+        r = _strip(evaluate_model(_load(str(onnx_path), args.engine), val, real, args.val_limit))
+        r["run"] = str(run)
+        sweep.append(r)
+        log.info("sweep %s: lookahead %d ms: %s", run, r["lookahead_ms"], {k: r[k] for k in r if k in ("synthetic_val", "real_reference")})
+    if sweep:
+        results["lookahead_sweep"] = sweep
+        plot_lookahead(out / "lookahead.png", sweep, results["energy"])
+    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    log.info("wrote %s", out / "eval.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

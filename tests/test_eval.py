@@ -1,0 +1,75 @@
+"""Accuracy functions on hand-made cases; the shipped model beats the energy baseline on real speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engines.evaluate import (
+    RHUBARB_SHAPES,
+    Scores,
+    stream_audio,
+    stream_features,
+    strict_accuracy,
+    to_rhubarb,
+    tolerant_accuracy,
+    tolerant_hits,
+)
+from engines.predictor import EnergyVisemeModel
+from engines.spec import N_MELS, N_VISEMES, VISEME_INDEX
+
+
+def test_strict_accuracy() -> None:
+    assert strict_accuracy(np.array([0, 1, 2, 3]), np.array([0, 1, 0, 3])) == 0.75
+    with pytest.raises(ValueError, match="equal-length"):
+        strict_accuracy(np.array([0, 1]), np.array([0]))
+
+
+def test_tolerance_of_a_late_boundary() -> None:
+    ref = np.array([0] * 10 + [1] * 10)
+    late3 = np.array([0] * 13 + [1] * 7)  # boundary 30 ms late: all within +-40 ms
+    assert strict_accuracy(late3, ref) == 0.85
+    assert tolerant_accuracy(late3, ref) == 1.0
+    late5 = np.array([0] * 15 + [1] * 5)  # 50 ms late: only the frame 5 after the boundary misses
+    assert tolerant_accuracy(late5, ref) == 0.95
+    assert tolerant_hits(late5, ref).tolist() == [True] * 14 + [False] + [True] * 5
+    assert tolerant_accuracy(late5, ref, tol=0) == strict_accuracy(late5, ref)
+
+
+def test_tolerance_clips_at_the_ends_and_never_invents_a_class() -> None:
+    ref = np.array([2, 2, 2, 2, 2, 2])
+    pred = np.array([3, 2, 2, 2, 2, 3])
+    assert tolerant_accuracy(pred, ref) == pytest.approx(4 / 6)  # 3 is nowhere in ref
+    short_ref, short_pred = np.array([1]), np.array([1])
+    assert tolerant_accuracy(short_pred, short_ref) == 1.0
+
+
+def test_rhubarb_mapping_and_scores() -> None:
+    sil, pp, aa = VISEME_INDEX["sil"], VISEME_INDEX["PP"], VISEME_INDEX["aa"]
+    assert [RHUBARB_SHAPES[i] for i in to_rhubarb(np.array([sil, pp, aa]))] == ["X", "A", "D"]
+    sc = Scores()
+    # DD and SS are both Rhubarb's B: wrong viseme, right shape.
+    sc.add(np.array([VISEME_INDEX["DD"], sil]), np.array([VISEME_INDEX["SS"], sil]))
+    s = sc.summary()
+    assert s["viseme_strict"] == 0.5 and s["rhubarb_strict"] == 1.0 and s["frames"] == 2
+    assert sc.confusion15.sum() == 2 and sc.confusion9.trace() == 2
+
+
+def test_streaming_helpers_return_one_row_per_hop() -> None:
+    model = EnergyVisemeModel()
+    feats = np.random.default_rng(0).normal(-5, 2, (33, N_MELS)).astype(np.float32)
+    assert stream_features(model, feats).shape == (33, N_VISEMES)
+    audio = np.random.default_rng(1).normal(0, 0.1, 16000 + 77).astype(np.float32)
+    assert stream_audio(model, audio).shape == (100, N_VISEMES)
+
+
+def test_shipped_model_beats_energy_on_real_reference() -> None:
+    from engines.evaluate import real_sets, score_audio_set
+    from engines.onnx_predictor import load_viseme_model
+
+    ref = real_sets()["real_reference"]
+    assert len(ref) >= 8
+    ours = score_audio_set(load_viseme_model("default", engine="onnxruntime"), ref).summary()
+    energy = score_audio_set(EnergyVisemeModel(), ref).summary()
+    for metric in ("rhubarb_strict", "rhubarb_tolerant", "viseme_strict"):
+        assert ours[metric] > energy[metric] + 0.1, (metric, ours, energy)
