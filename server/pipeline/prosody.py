@@ -218,7 +218,7 @@ class ProsodyTracker:
                     hop=self._hop,
                     rms_db=float(rms_db[i]),
                     pitch_hz=pitch[i] if voiced else 0.0,
-                    voicing=1.0 - dmin[i],
+                    voicing=1.0 - dmin[i] if band_db[i] > ACTIVE_MIN_DB else 0.0,
                     voiced=voiced,
                     rate_sps=rate,
                     active=active,
