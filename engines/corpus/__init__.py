@@ -1,0 +1,1 @@
+"""Synthetic aligned speech corpus: espeak-ng/festival speech, augmentation, shards of features + labels."""

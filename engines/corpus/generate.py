@@ -1,0 +1,236 @@
+"""Generate an aligned, augmented synthetic speech corpus as shards of log-mel features + labels.
+
+    python -m engines.corpus.generate --out DIR --minutes M --seed S [--jobs N] [--langs ...] [--val]
+
+Shard ``DIR/shard-XXXXX.npz`` holds, for utterances ``i = 0..n-1``: ``features_<i>`` float32
+(T, 40) (``engines.features.logmel`` of the augmented 16 kHz audio), ``labels_<i>`` int8 (T,)
+indices into ``engines.spec.VISEMES`` (hop ``t`` labelled at sample ``t*160 + 80``), and arrays
+``lang``, ``voice``, ``source`` (``espeak``|``festival``) and ``text`` with one string per
+utterance. Each shard is a pure function of (seed, shard index, --val, options).
+
+The held-out split (``--val``) uses voices and languages never used for training: the English
+accents in :data:`VAL_EN_ACCENTS`, the languages in :data:`VAL_LANGS` and the espeak variants in
+:data:`VAL_VARIANTS` (and no festival voice, both of which are training voices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from engines.corpus.augment import AugmentConfig, NoiseBank, augment
+from engines.corpus.espeak import Espeak, list_variants
+from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
+from engines.corpus.text import TextSource
+from engines.features import logmel
+from engines.phonemes import espeak_to_visemes
+from engines.spec import SAMPLE_RATE
+
+# English accents (espeak voice names) with weights; real evaluation speech is English.
+TRAIN_EN_ACCENTS: dict[str, float] = {
+    "en-us": 0.45, "en": 0.2, "en-gb-x-rp": 0.1, "en-gb-scotland": 0.1,
+    "en-gb-x-gbclan": 0.075, "en-us-nyc": 0.075,
+}
+TRAIN_LANGS: tuple[str, ...] = (
+    "de", "fr", "es", "it", "pt-br", "pt", "nl", "pl", "ru", "cs", "sv", "da", "fi", "hu",
+    "ro", "tr", "id", "sw", "hr", "ca", "eo", "la", "sk", "cy", "is",
+)
+VAL_EN_ACCENTS: dict[str, float] = {"en-029": 0.5, "en-gb-x-gbcwmd": 0.5}
+VAL_LANGS: tuple[str, ...] = ("af", "nb", "et", "lv")
+# Variants held out for validation; the rest of espeak-ng-data/voices/!v trains.
+VAL_VARIANTS: tuple[str, ...] = ("f4", "m6", "klatt4", "Andy", "belinda", "steph2", "robert", "edward2")
+# Variants never used (unintelligible or novelty effects).
+EXCLUDED_VARIANTS: tuple[str, ...] = ("Demonic", "croak", "UniRobot", "anikaRobot", "whisperf", "Mr serious")
+
+SHARD_SECONDS = 240.0  # seconds of augmented audio per shard
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """What one corpus is made of (all shards share it)."""
+
+    seed: int
+    val: bool = False
+    langs: tuple[str, ...] | None = None  # override the non-English language list
+    english_fraction: float = 0.55
+    p_no_variant: float = 0.15
+    p_clean: float = 0.08  # utterances left unaugmented except silence padding and gain
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    shard_seconds: float = SHARD_SECONDS
+
+
+@dataclass
+class Utt:
+    """One generated utterance before feature extraction."""
+
+    audio: np.ndarray
+    segments: list[Segment]
+    lang: str
+    voice: str
+    source: str
+    text: str
+
+
+@cache
+def _espeak() -> Espeak:
+    """This process's espeak-ng engine (created on first use, in the worker process)."""
+    return Espeak()
+
+
+def _variants(val: bool) -> list[str]:
+    allv = [v for v in list_variants() if v not in EXCLUDED_VARIANTS]
+    if val:
+        return [v for v in allv if v in VAL_VARIANTS]
+    return [v for v in allv if v not in VAL_VARIANTS]
+
+
+def _pick_voice(rng: np.random.Generator, cfg: GenConfig) -> tuple[str, str]:
+    """-> (espeak voice name with variant, language) for one utterance."""
+    en = VAL_EN_ACCENTS if cfg.val else TRAIN_EN_ACCENTS
+    others = cfg.langs if cfg.langs is not None else (VAL_LANGS if cfg.val else TRAIN_LANGS)
+    if not others or rng.random() < cfg.english_fraction:
+        names = list(en)
+        w = np.array([en[n] for n in names])
+        lang = names[int(rng.choice(len(names), p=w / w.sum()))]
+    else:
+        lang = others[int(rng.integers(len(others)))]
+    variants = _variants(cfg.val)
+    if rng.random() < cfg.p_no_variant or not variants:
+        return lang, lang
+    return f"{lang}+{variants[int(rng.integers(len(variants)))]}", lang
+
+
+def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource) -> Utt:
+    """Synthesize one random espeak utterance with its viseme segments (clean, 16 kHz)."""
+    voice, lang = _pick_voice(rng, cfg)
+    text, _ = texts.pick(lang, rng)
+    rate = int(np.exp(rng.uniform(np.log(110), np.log(330))))
+    pitch = int(rng.integers(15, 86))
+    prange = int(rng.integers(10, 100))
+    gap = int(rng.choice([0, 0, 0, 1, 3, 8]))
+    syn = _espeak().synth(text, voice, rate_wpm=rate, pitch=pitch, pitch_range=prange, word_gap=gap)
+    segs = phones_to_segments(
+        [(p.name, p.start, p.end) for p in syn.phones], lambda n: espeak_to_visemes(n, syn.lang)
+    )
+    segs = attach_closures(segs, syn.audio)
+    return Utt(syn.audio, segs, syn.lang, voice, "espeak", text)
+
+
+def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
+    """All arrays of shard ``index``: deterministic from (cfg, index)."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val)]))
+    bank = NoiseBank.load(cfg.augment.dev_speech)
+    texts = TextSource()
+    arrays: dict[str, np.ndarray] = {}
+    langs: list[str] = []
+    voices: list[str] = []
+    sources: list[str] = []
+    textlog: list[str] = []
+    total = 0.0
+    i = 0
+    clean_cfg = replace(
+        cfg.augment, p_speed=0.0, p_pitch=0.0, p_reverb=0.0, p_eq=0.0, p_bandlimit=0.0,
+        p_noise=0.0, p_opus=0.0,
+    )
+    while total < cfg.shard_seconds:
+        try:
+            utt = espeak_utterance(rng, cfg, texts)
+        except KeyError as exc:  # a phoneme without a viseme: never silently mislabel
+            print(f"shard {index}: skipped an utterance: {exc}", file=sys.stderr, flush=True)
+            continue
+        if utt.audio.shape[0] < SAMPLE_RATE // 5:
+            continue
+        acfg = clean_cfg if rng.random() < cfg.p_clean else cfg.augment
+        audio, segs, _ = augment(utt.audio, utt.segments, rng, acfg, bank)
+        bank.remember(utt.audio, cfg.augment.babble_pool)
+        feats = logmel(audio)
+        labels = segments_to_labels(segs, audio.shape[0])
+        arrays[f"features_{i}"] = feats
+        arrays[f"labels_{i}"] = labels
+        langs.append(utt.lang)
+        voices.append(utt.voice)
+        sources.append(utt.source)
+        textlog.append(utt.text)
+        total += audio.shape[0] / SAMPLE_RATE
+        i += 1
+    arrays["lang"] = np.array(langs)
+    arrays["voice"] = np.array(voices)
+    arrays["source"] = np.array(sources)
+    arrays["text"] = np.array(textlog)
+    return arrays
+
+
+def _write_shard(args: tuple[GenConfig, int, str]) -> tuple[int, float, int]:
+    cfg, index, out = args
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    arrays = make_shard(cfg, index)
+    path = Path(out) / f"shard-{index:05d}.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    tmp.replace(path)
+    hops = sum(v.shape[0] for k, v in arrays.items() if k.startswith("labels_"))
+    return index, hops / 100.0, len(arrays["lang"])
+
+
+def generate(cfg: GenConfig, out: Path, minutes: float, jobs: int = 1) -> int:
+    """Write ``ceil(minutes*60 / shard_seconds)`` shards to ``out``; returns the shard count."""
+    out.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, math.ceil(minutes * 60.0 / cfg.shard_seconds))
+    tasks = [(cfg, i, str(out)) for i in range(n_shards) if not (out / f"shard-{i:05d}.npz").exists()]
+    t0 = time.monotonic()
+    done_s = 0.0
+    n_utts = 0
+    if jobs <= 1:
+        results = map(_write_shard, tasks)
+        for idx, secs, n in results:
+            done_s += secs
+            n_utts += n
+            _progress(idx, done_s, n_utts, t0)
+    else:
+        with get_context("fork").Pool(jobs) as pool:
+            for idx, secs, n in pool.imap_unordered(_write_shard, tasks):
+                done_s += secs
+                n_utts += n
+                _progress(idx, done_s, n_utts, t0)
+    return n_shards
+
+
+def _progress(idx: int, done_s: float, n_utts: int, t0: float) -> None:
+    el = time.monotonic() - t0
+    print(
+        f"shard {idx:5d} done: {done_s / 60:.1f} min of audio, {n_utts} utterances, "
+        f"{el:.0f} s elapsed, {done_s / max(el, 1e-9):.0f}x real time",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--minutes", type=float, required=True, help="minutes of augmented audio")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--langs", nargs="*", default=None, help="non-English espeak languages")
+    ap.add_argument("--val", action="store_true", help="held-out voices and languages")
+    ap.add_argument("--dev-speech", type=Path, default=None, help="folder with noise/ and rir/")
+    args = ap.parse_args(argv)
+    aug = AugmentConfig() if args.dev_speech is None else AugmentConfig(dev_speech=args.dev_speech)
+    cfg = GenConfig(seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug)
+    n = generate(cfg, args.out, args.minutes, args.jobs)
+    print(f"wrote {n} shards to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,345 @@
+"""Phoneme -> viseme tables: ARPAbet, TIMIT-style phones and espeak-ng phoneme mnemonics.
+
+Every mapping returns names from :data:`engines.spec.VISEMES` (the 15 Oculus/OVRLipSync visemes).
+A phone is one or more visemes: diphthongs (and a few affricates such as German ``pf``) map to
+two (or three) visemes that split the phone's duration evenly (``*_to_visemes``); the
+``*_to_viseme`` functions return the first (the shape the mouth takes when the phone starts).
+
+The reasoning behind each choice is in ``docs/phoneme-visemes.md``. Unknown phones raise
+``KeyError`` naming the phone (never a silent guess).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from engines.spec import VISEME_INDEX, VISEMES
+
+# --------------------------------------------------------------------------------------------
+# ARPAbet (CMUdict, 39 phones; stress digits stripped) plus the extra TIMIT/Buckeye symbols.
+
+ARPABET: Final[dict[str, tuple[str, ...]]] = {
+    # vowels
+    "AA": ("aa",),  # father, cot
+    "AE": ("aa",),  # bat: open jaw, spread (Oculus puts "cat" on aa)
+    "AH": ("aa",),  # cup (stressed ʌ): open jaw
+    "AO": ("O",),  # caught, thought: rounded open-mid
+    "AW": ("aa", "U"),  # cow: open -> rounded
+    "AY": ("aa", "I"),  # bite: open -> spread
+    "EH": ("E",),  # bed
+    "ER": ("RR",),  # bird: r-coloured, lips slightly protruded like r
+    "EY": ("E", "I"),  # bait
+    "IH": ("I",),  # bit
+    "IY": ("I",),  # beet
+    "OW": ("O", "U"),  # boat: rounding closes
+    "OY": ("O", "I"),  # boy
+    "UH": ("U",),  # book
+    "UW": ("U",),  # boot
+    # consonants
+    "B": ("PP",),
+    "P": ("PP",),
+    "M": ("PP",),
+    "F": ("FF",),
+    "V": ("FF",),
+    "TH": ("TH",),
+    "DH": ("TH",),
+    "T": ("DD",),
+    "D": ("DD",),
+    "K": ("kk",),
+    "G": ("kk",),
+    "NG": ("kk",),  # velar nasal: tongue back, jaw as for k/g
+    "CH": ("CH",),
+    "JH": ("CH",),
+    "SH": ("CH",),
+    "ZH": ("CH",),
+    "S": ("SS",),
+    "Z": ("SS",),
+    "N": ("nn",),
+    "L": ("nn",),  # Oculus groups l with n (tongue tip on the ridge, jaw half open)
+    "R": ("RR",),
+    "W": ("U",),  # rounded glide: lips as for u
+    "Y": ("I",),  # palatal glide: lips as for i
+    "HH": ("kk",),  # glottal fricative: no lip gesture; kk is the neutral half-open consonant shape
+}
+
+# TIMIT adds these to ARPAbet (lower-case in the corpus); closures are resolved by context.
+_TIMIT_EXTRA: Final[dict[str, tuple[str, ...]]] = {
+    "AX": ("E",),  # schwa: relaxed, half-open (less open than ʌ)
+    "AX-H": ("E",),  # devoiced schwa
+    "AXR": ("RR",),  # butter
+    "IX": ("I",),  # roses
+    "UX": ("U",),  # dude (fronted u, still rounded)
+    "DX": ("DD",),  # flap: tongue tap on the ridge
+    "NX": ("nn",),  # nasal flap
+    "EL": ("nn",),  # syllabic l
+    "EM": ("PP",),  # syllabic m
+    "EN": ("nn",),  # syllabic n
+    "ENG": ("kk",),  # syllabic ng
+    "HV": ("kk",),  # voiced h
+    "Q": ("kk",),  # glottal stop: no lip gesture
+    # silences
+    "H#": ("sil",),
+    "PAU": ("sil",),
+    "EPI": ("sil",),  # epenthetic silence
+    "SIL": ("sil",),
+    "SP": ("sil",),
+}
+
+# Closure symbols: silent, the lips already in place for the following stop (resolved from
+# context by resolve_closures; alone they map to the stop they precede when the name says it).
+TIMIT_CLOSURES: Final[dict[str, str | None]] = {
+    "CL": None,  # unvoiced closure, stop given by the next phone
+    "VCL": None,  # voiced closure
+    "PCL": "P",
+    "BCL": "B",
+    "TCL": "T",
+    "DCL": "D",
+    "KCL": "K",
+    "GCL": "G",
+}
+
+_STRESS_DIGITS: Final = "012"
+
+
+def _norm_arpabet(phone: str) -> str:
+    p = phone.strip().upper()
+    if len(p) > 1 and p[-1] in _STRESS_DIGITS and p[:-1].isalpha():
+        p = p[:-1]
+    return p
+
+
+def arpabet_to_visemes(phone: str) -> tuple[str, ...]:
+    """ARPAbet phone (any case, stress digit optional) -> 1-2 visemes (diphthongs split)."""
+    p = _norm_arpabet(phone)
+    if p in ARPABET:
+        return ARPABET[p]
+    raise KeyError(f"unknown ARPAbet phone {phone!r}")
+
+
+def arpabet_to_viseme(phone: str) -> str:
+    """ARPAbet phone -> its first viseme (the whole phone unless a diphthong)."""
+    return arpabet_to_visemes(phone)[0]
+
+
+def timit_to_visemes(phone: str) -> tuple[str, ...]:
+    """TIMIT-style phone (ARPAbet + closures, dx, ax, h#, pau, epi...) -> 1-2 visemes.
+
+    A closure alone maps to its stop when its name says which (``pcl`` -> PP) and to ``sil``
+    for the generic ``cl``/``vcl``; use :func:`timit_sequence_to_visemes` to give generic
+    closures the viseme of the following stop.
+    """
+    p = _norm_arpabet(phone)
+    if p in TIMIT_CLOSURES:
+        stop = TIMIT_CLOSURES[p]
+        return ARPABET[stop] if stop is not None else ("sil",)
+    if p in _TIMIT_EXTRA:
+        return _TIMIT_EXTRA[p]
+    if p in ARPABET:
+        return ARPABET[p]
+    raise KeyError(f"unknown TIMIT phone {phone!r}")
+
+
+def timit_to_viseme(phone: str) -> str:
+    """TIMIT-style phone -> its first viseme."""
+    return timit_to_visemes(phone)[0]
+
+
+def timit_sequence_to_visemes(phones: Sequence[str]) -> list[tuple[str, ...]]:
+    """A TIMIT phone sequence -> visemes per phone, closures taking the following stop's viseme.
+
+    A generic closure (``cl``/``vcl``) followed by a non-stop (an unreleased final stop, as
+    in "dog" + silence) keeps the viseme of the phone after it if that is a consonant, else of
+    the phone before it, else ``sil``.
+    """
+    out = [timit_to_visemes(p) for p in phones]
+    for i, p in enumerate(phones):
+        norm = _norm_arpabet(p)
+        if norm in TIMIT_CLOSURES and TIMIT_CLOSURES[norm] is None:
+            nxt = _norm_arpabet(phones[i + 1]) if i + 1 < len(phones) else None
+            if nxt is not None and nxt in ("P", "B", "T", "D", "K", "G", "CH", "JH"):
+                out[i] = ARPABET[nxt][:1]
+            else:
+                # Unreleased stop: the lips hold the previous shape; closure into silence.
+                out[i] = ("sil",)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# espeak-ng phoneme mnemonics (as reported in espeakEVENT_PHONEME: ASCII, Kirshenbaum-like).
+
+# Pauses and silences.
+_ESPEAK_PAUSES: Final = frozenset({"", "1", ":", ";", "_", "_:", "_::", "_!", "_|", "||", "_;_", "_^_", "_X1", "#X1", "-", "!"})
+
+# Consonants after stripping the modifiers in _ESPEAK_CONS_MODIFIERS.
+_ESPEAK_CONSONANTS: Final[dict[str, tuple[str, ...]]] = {
+    # bilabial
+    "p": ("PP",), "b": ("PP",), "m": ("PP",), "P": ("PP",), "B": ("PP",), "p\\": ("PP",),
+    "pF": ("PP", "FF"),  # German pf: lip closure then labiodental friction
+    # labiodental
+    "f": ("FF",), "v": ("FF",), "F": ("FF",),
+    # dental fricatives
+    "T": ("TH",), "D": ("TH",),
+    # alveolar / dental / retroflex stops and the tap
+    "t": ("DD",), "d": ("DD",), "ht": ("DD",), "dH": ("DD",), "th": ("DD",), "tl": ("DD",),
+    # nasals and laterals (Oculus nn: n and l)
+    "n": ("nn",), "l": ("nn",), "L": ("nn",), "K": ("nn",), "n^": ("nn",), "l^": ("nn",),
+    "J^": ("nn",), "l/": ("nn",), "l#": ("nn",), "ll": ("nn",),
+    # rhotics (trills, taps, approximants, uvular r)
+    "r": ("RR",), "R": ("RR",), "*": ("RR",), "**": ("RR",), "r\"": ("RR",), "rR": ("RR",),
+    "R^": ("RR",), "R^/": ("RR",), "Q": ("RR",), "Q\"": ("RR",), "Q^": ("RR",), "r*": ("RR",),
+    "3-": ("RR",),  # syllabic r
+    # alveolar sibilants and affricates ending in them
+    "s": ("SS",), "z": ("SS",), "ss": ("SS",), "ts": ("SS",), "dz": ("SS",), "t_s": ("SS",),
+    "tz": ("SS",), "hs": ("SS",), "C": ("SS",), "z/": ("SS",),
+    # post-alveolar, alveolo-palatal and retroflex sibilants (lips protruded)
+    "S": ("CH",), "Z": ("CH",), "tS": ("CH",), "dZ": ("CH",), "s\\": ("CH",), "z\\": ("CH",),
+    "t_s\\": ("CH",), "d_z\\": ("CH",), "sx": ("CH",), "cr": ("CH",), "TS": ("CH",),
+    "s.": ("CH",), "z.": ("CH",), "ts.": ("CH",), "dz.": ("CH",),  # retroflex (cmn sh zh ch r)
+    # palatal, velar, uvular, pharyngeal and glottal consonants: no lip gesture
+    "k": ("kk",), "g": ("kk",), "q": ("kk",), "x": ("kk",), "X": ("kk",), "G": ("kk",),
+    "N": ("kk",), "N\\": ("kk",), "h": ("kk",), "H": ("kk",), "?": ("kk",), "c": ("kk",),
+    "J": ("kk",), "gH": ("kk",), "ky": ("kk",), "<h>": ("kk",), "#": ("kk",), "#X2": ("kk",),
+    # glides
+    "j": ("I",), "_j": ("I",), "w": ("U",),
+}
+
+# Trailing modifiers of espeak consonant mnemonics: palatalised (;), variants (# 2 3 digits),
+# syllabic (-), retroflex (. `), dental ([), geminate (~), length (:), alternative (/), and
+# aspiration (h, _h). Stripped one at a time until a base consonant matches.
+_ESPEAK_CONS_MODIFIERS: Final = (";", "#", "-", ".", "`", "[", "~", ":", "/", "_", "^", *"0123456789")
+
+# Vowel letters (Kirshenbaum ASCII IPA as used by espeak-ng) -> viseme.
+_ESPEAK_VOWEL_CHARS: Final[dict[str, str]] = {
+    "a": "aa", "A": "aa", "&": "aa", "V": "aa", "6": "aa",
+    "e": "E", "E": "E", "@": "E", "3": "E",
+    "i": "I", "I": "I", "j": "I",
+    "o": "O", "O": "O", "0": "O", "8": "O", "Y": "O", "W": "O",  # Y = ø, W = œ: rounded
+    "u": "U", "U": "U", "y": "U", "w": "U",  # y = ü: rounding dominates the lips
+    "R": "RR", "r": "RR",  # r-coloured vowels (en IR, VR, UR; de iR; cmn @r)
+    "L": "nn", "l": "nn", "n": "nn", "m": "PP",  # syllabic @L; nasal finals (cmn ang...)
+    "N": "kk", "g": "kk",  # ng finals (cmn, yue): velar nasal
+}
+# Characters that only modify a vowel (length, nasal, variants, tones, centralised...).
+_ESPEAK_VOWEL_MODIFIERS: Final = frozenset(":#~`-/.\"[+^%!?;0123456789")
+
+# English (US) r-coloured vowels: espeak's en-us table uses '@' in these for the r offglide.
+_EN_US_RHOTIC: Final[dict[str, tuple[str, ...]]] = {
+    "3": ("RR",), "3:": ("RR",), "A@": ("aa", "RR"), "O@": ("O", "RR"), "o@": ("O", "RR"),
+    "e@": ("E", "RR"), "i@": ("I", "RR"), "i@3": ("I", "RR"), "U@": ("U", "RR"),
+    "aI@": ("aa", "I", "RR"), "aI3": ("aa", "I", "RR"), "aU@": ("aa", "U", "RR"),
+}
+
+
+def _espeak_consonant(phone: str) -> tuple[str, ...] | None:
+    cand = phone
+    for _ in range(6):
+        if cand in _ESPEAK_CONSONANTS:
+            return _ESPEAK_CONSONANTS[cand]
+        # aspiration: ph, kh, tSh, ts.h, k_h
+        if len(cand) > 1 and cand.endswith("_h"):
+            cand = cand[:-2]
+            continue
+        if len(cand) > 1 and cand.endswith("h") and cand[:-1].rstrip(";.") in _ESPEAK_CONSONANTS:
+            cand = cand[:-1]
+            continue
+        if len(cand) > 1 and cand[-1] in _ESPEAK_CONS_MODIFIERS:
+            cand = cand[:-1]
+            continue
+        return None
+    return None
+
+
+def _espeak_vowel(phone: str) -> tuple[str, ...] | None:
+    vis: list[str] = []
+    phone = phone.replace("ng", "N")  # velar nasal finals (cmn/yue ang, ing...)
+    body = [c for c in phone if c not in _ESPEAK_VOWEL_MODIFIERS or c in "0368"]
+    # '0' '3' '6' '8' are vowel letters (ɒ ɜ ɐ ɵ) unless they follow another letter (variants).
+    letters: list[str] = []
+    for i, c in enumerate(body):
+        if c in "0123456789" and i > 0:
+            continue
+        letters.append(c)
+    if not letters:
+        return None
+    for c in letters:
+        v = _ESPEAK_VOWEL_CHARS.get(c)
+        if v is None:
+            return None
+        if not vis or vis[-1] != v:
+            vis.append(v)
+    # A vowel must contain a vowel letter (not only glides/nasals).
+    if not any(v in ("aa", "E", "I", "O", "U", "RR") for v in vis):
+        return None
+    if len(vis) > 3:
+        return None
+    return tuple(vis)
+
+
+def espeak_to_visemes(phone: str, lang: str | None = None) -> tuple[str, ...]:
+    """espeak-ng phoneme mnemonic (event name) -> 1-3 visemes; ``lang`` the espeak voice language.
+
+    Only ``en-us`` changes anything: its ``3``/``3:`` and ``@`` offglides are r-coloured.
+    """
+    p = phone.strip()
+    if p in _ESPEAK_PAUSES:
+        return ("sil",)
+    if lang is not None and lang.lower().startswith("en-us") and p in _EN_US_RHOTIC:
+        return _EN_US_RHOTIC[p]
+    # Syllabic consonants (l- n- m- r-) and consonants are tried before vowel spelling.
+    cons = _espeak_consonant(p)
+    if cons is not None:
+        return cons
+    vow = _espeak_vowel(p)
+    if vow is not None:
+        return vow
+    raise KeyError(f"unknown espeak-ng phoneme {phone!r} (lang {lang!r})")
+
+
+def espeak_to_viseme(phone: str, lang: str | None = None) -> str:
+    """espeak-ng phoneme mnemonic -> its first viseme."""
+    return espeak_to_visemes(phone, lang)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Festival (radio/us phone set: ARPAbet in lower case, "pau" for silence; kal's "h#" too).
+
+
+def festival_to_visemes(phone: str) -> tuple[str, ...]:
+    """Festival Segment name (``radio``/``mrpa``-like ARPAbet, ``pau``) -> 1-2 visemes."""
+    p = phone.strip()
+    if p in ("pau", "#", "h#", "sil", "brth"):
+        return ("sil",)
+    if p == "ax":
+        return ("E",)
+    return timit_to_visemes(p)
+
+
+# --------------------------------------------------------------------------------------------
+# Visemes -> Rhubarb Lip Sync mouth shapes (A-H, X).
+
+VISEME_TO_RHUBARB: Final[dict[str, str]] = {
+    "sil": "X",  # idle
+    "PP": "A",  # closed lips: P B M
+    "FF": "G",  # upper teeth on lower lip
+    "TH": "B",  # tongue between slightly open teeth; Rhubarb has no TH shape, B is nearest
+    "DD": "B",  # T D: slightly open, clenched teeth (Rhubarb's "most consonants")
+    "kk": "B",  # K G: B by Rhubarb's own definition
+    "CH": "B",  # CH SH JH: teeth together; lip protrusion is not a Rhubarb shape
+    "SS": "B",  # S Z
+    "nn": "B",  # N and L share nn; N is the commoner and is B in Rhubarb (H is only for long L)
+    "RR": "E",  # r: slightly rounded, as Rhubarb's ER
+    "aa": "D",  # wide open
+    "E": "C",  # EH, AE in Rhubarb: open
+    "I": "B",  # EE: Rhubarb's B
+    "O": "E",  # AO: slightly rounded
+    "U": "F",  # UW OW W: puckered
+}
+
+
+def viseme_index(name: str) -> int:
+    """Viseme name -> index into :data:`engines.spec.VISEMES`."""
+    try:
+        return VISEME_INDEX[name]
+    except KeyError:
+        raise KeyError(f"unknown viseme {name!r}; expected one of {VISEMES}") from None
