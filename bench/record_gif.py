@@ -111,11 +111,11 @@ def to_gif(frames: list[Image.Image], durations_ms: list[int], path: Path, width
     size = (width, int(round(h0 * width / w0)))
     scaled = [f.convert("RGB").resize(size, Image.Resampling.LANCZOS) for f in frames]
     # one palette from a mosaic of a few frames keeps colours stable (no flicker) and the file small
-    picks = scaled[:: max(1, len(scaled) // 6)][:6]
+    picks = scaled[:: max(1, len(scaled) // 12)][:12]
     mosaic = Image.new("RGB", (size[0], size[1] * len(picks)))
     for i, f in enumerate(picks):
         mosaic.paste(f, (0, i * size[1]))
-    palette = mosaic.quantize(colors=192, method=Image.Quantize.MEDIANCUT)
+    palette = mosaic.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     q = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in scaled]
     path.parent.mkdir(parents=True, exist_ok=True)
     q[0].save(path, save_all=True, append_images=q[1:], duration=durations_ms, loop=0, optimize=True, disposal=1)
@@ -148,7 +148,7 @@ async def capture(ctx: Any, page: Any, args: argparse.Namespace) -> tuple[list[I
         await cdp.send("Page.screencastFrameAck", {"sessionId": ev["sessionId"]})
 
     cdp.on("Page.screencastFrame", lambda ev: asyncio.ensure_future(on_frame(ev)))
-    await cdp.send("Page.startScreencast", {"format": "png", "everyNthFrame": 1})
+    await cdp.send("Page.startScreencast", {"format": "jpeg", "quality": 90, "everyNthFrame": 1})
     await asyncio.sleep(args.seconds)
     await cdp.send("Page.stopScreencast")
     await asyncio.sleep(0.2)

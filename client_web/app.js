@@ -67,7 +67,7 @@ function setState(state) {
   const busy = state === "connecting" || state === "live";
   ui.start.disabled = busy;
   ui.stop.disabled = !busy;
-  ui.start.querySelector("span").textContent = state === "idle" ? "Start" : "Start again";
+  ui.start.querySelector("span").textContent = state === "stopped" || state === "error" ? "Start again" : "Start";
   if (state === "connecting") {
     ui.overlayTitle.textContent = "Connecting…";
     ui.overlaySub.textContent = "Setting up the microphone and the video link.";
@@ -680,7 +680,7 @@ async function start() {
     return;
   }
   client.stats.avatar = ui.avatarSelect.value || null;
-  if (ui.intensity.value !== ui.intensity.defaultValue || selectedEmotion() !== "auto") sendEmotion();
+  sendEmotion(); // the offer's emotion comes at full intensity: apply the slider
 
   // 4. periodic ping and stats
   const ping = () => sendWs(c, { type: "control", action: "ping", t: performance.now() });

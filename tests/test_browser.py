@@ -262,7 +262,9 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
               f"mean speaking {opens[speaking].mean() if speaking.any() else float('nan'):.3f} "
               f"mean silent {opens[~speaking].mean() if (~speaking).any() else float('nan'):.3f}")
         assert opens.max() - opens.min() > MOUTH_RANGE_MIN, f"mouth does not move: {np.round(opens, 3).tolist()}"
-        assert speaking.any(), "the server's VAD never reported speech from the fake microphone"
+        assert speaking.sum() >= 3, "the server's VAD hardly reported speech from the fake microphone"
+        if (~speaking).sum() >= 3:  # the WAV's pauses were sampled too: the mouth is more open in speech
+            assert opens[speaking].mean() > opens[~speaking].mean() + 0.05, np.round(opens, 3).tolist()
 
         # the page shows live statistics from the server and the data channel
         stats = (await page.evaluate("window.avatarClient"))["stats"]
