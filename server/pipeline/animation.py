@@ -128,9 +128,10 @@ def _emotion_effects() -> NDArray[np.float64]:
 
 _EFFECTS = _emotion_effects()
 _EFFECTS.setflags(write=False)
-# Extra spring channels after the EXPR_KEYS: head-motion amplitude, listening pose, breath depth.
-_AMP, _LISTEN, _DEPTH = len(EXPR_KEYS), len(EXPR_KEYS) + 1, len(EXPR_KEYS) + 2
-_N_EXPR = len(EXPR_KEYS) + 3
+# Extra spring channels after the EXPR_KEYS: head-motion amplitude, listening pose, breath depth
+# and liveliness (arousal while speaking: weight of the faster, speech-rhythm head motion).
+_AMP, _LISTEN, _DEPTH, _LIVELY = (len(EXPR_KEYS) + i for i in range(4))
+_N_EXPR = len(EXPR_KEYS) + 4
 _HALF_LIFE_TO_OMEGA = 1.678347  # (1 + u) e^-u = 1/2 at u = 1.678: critically damped half-life
 
 
@@ -311,6 +312,7 @@ class Animator:
         ehl[_AMP] = 0.6
         ehl[_LISTEN] = 0.4
         ehl[_DEPTH] = 0.8
+        ehl[_LIVELY] = 0.5
         x0 = np.zeros(_N_EXPR)
         x0[_AMP] = cfg.head_motion_rad * 0.6
         x0[_DEPTH] = 0.6
@@ -366,7 +368,10 @@ class Animator:
         self._micro_at: float | None = None
         # Breathing and idle motion.
         self._breath_phase = float(self._rng.uniform(0.0, 2.0 * math.pi))
-        self._noise_f = self._rng.uniform(0.06, 0.45, size=(5, 3))  # Hz, per channel
+        # Idle head noise: 3 slow sines per axis (yaw, pitch, roll); row 3 is the faster
+        # speech-rhythm component, row 4 the phases of the gaze drift.
+        self._noise_f = self._rng.uniform(0.06, 0.45, size=(5, 3))  # Hz
+        self._noise_f[3] = self._rng.uniform(0.9, 1.7, size=3)
         self._noise_p = self._rng.uniform(0.0, 2.0 * math.pi, size=(5, 3))
         self._noise_a = np.array([0.55, 0.3, 0.15])
         self._tilt_sign = 1.0 if self._rng.random() < 0.5 else -1.0
@@ -640,6 +645,7 @@ class Animator:
             tgt[_E["lips_pressed"]] = 0.0
         amp = cfg.head_motion_rad * ((1.4 + 1.0 * self.arousal) if self._speaking else 0.6)
         tgt[_AMP] = amp
+        tgt[_LIVELY] = self.arousal if self._speaking else 0.0
         pause = (not self._speaking) and 0.15 < self._silence_s < 1.0
         tgt[_DEPTH] = 1.0 if pause else (0.5 if self._speaking else 0.6)
         return tgt
@@ -761,9 +767,11 @@ class Animator:
 
     # ------------------------------------------------------------------ output
 
-    def _noise(self, t: float) -> NDArray[np.float64]:
-        """(3,) smooth idle noise for yaw, pitch, roll, each roughly in [-1, 1]."""
-        return (self._noise_a[:, None] * np.sin(2.0 * math.pi * self._noise_f[:3] * t + self._noise_p[:3])).sum(axis=0)
+    def _noise(self, t: float, lively: float) -> NDArray[np.float64]:
+        """(3,) smooth head noise for yaw, pitch, roll, roughly in [-1, 1] (x1.5 when lively=1)."""
+        slow = (self._noise_a[:, None] * np.sin(2.0 * math.pi * self._noise_f[:3] * t + self._noise_p[:3])).sum(axis=0)
+        fast = np.sin(2.0 * math.pi * self._noise_f[3] * t + self._noise_p[3])
+        return slow + 0.5 * lively * fast
 
     def _state(self, t: float) -> AnimationState:
         assert self._tick_t is not None
@@ -783,11 +791,11 @@ class Animator:
         lips_pressed = max(float(params[3]), closure, float(e[_E["lips_pressed"]]))
         blink = self._blink_at(t)
         gx, gy = self._gaze_pos(t)
-        gx += float(e[_E["gaze_x"]]) + 0.01 * math.sin(2.0 * math.pi * 0.31 * t + self._noise_p[3, 0])
-        gy += float(e[_E["gaze_y"]]) + 0.01 * math.sin(2.0 * math.pi * 0.23 * t + self._noise_p[3, 1])
+        gx += float(e[_E["gaze_x"]]) + 0.01 * math.sin(2.0 * math.pi * 0.31 * t + self._noise_p[4, 0])
+        gy += float(e[_E["gaze_y"]]) + 0.01 * math.sin(2.0 * math.pi * 0.23 * t + self._noise_p[4, 1])
         eye = (1.0 + float(e[_E["eye_open"]]) + 0.05 * float(e[_LISTEN]) - 0.15 * max(gy, 0.0)) * (1.0 - blink)
         eye = min(1.3, max(0.0, eye))
-        noise = self._noise(t) * float(e[_AMP])
+        noise = self._noise(t, min(1.0, max(0.0, float(e[_LIVELY])))) * float(e[_AMP])
         yaw = float(noise[0]) + float(e[_E["head_yaw"]]) + 0.08 * gx
         pitch = 0.6 * float(noise[1]) + float(e[_E["head_pitch"]])
         roll = 0.4 * float(noise[2]) + float(e[_E["head_roll"]])
