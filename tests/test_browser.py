@@ -290,6 +290,65 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         assert errors == [], errors
 
 
+async def test_photo_upload_needs_consent_and_shows_refusal(server: Server, tmp_path: Path) -> None:
+    flat = tmp_path / "flat.png"  # no face in it: the server must refuse it
+    cv2.imwrite(str(flat), np.full((256, 256, 3), 128, np.uint8))
+    async with browser_page(tmp_path, server.url, None) as (page, errors):
+        await page.goto(server.url + "/")
+        await page.click("#upload-card summary")
+        await page.set_input_files("#photo-file", str(flat))
+        await page.fill("#photo-name", "flat-test")
+        await page.fill("#photo-consent-by", "Test Person")
+        # without the consent box ticked nothing is sent
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url) if "/avatars/photo" in r.url else None)
+        await page.click("#btn-upload")
+        assert "consent" in (await page.inner_text("#photo-msg")).lower()
+        assert requests == []
+        await page.check("#photo-consent")
+        async with page.expect_response(lambda r: "/avatars/photo" in r.url) as info:
+            await page.click("#btn-upload")
+        resp = await info.value
+        assert resp.status == 400, await resp.text()
+        reason = (await resp.json())["error"]
+        await page.wait_for_function(
+            "() => document.getElementById('photo-msg').dataset.kind === 'error'", timeout=10_000)
+        shown = await page.inner_text("#photo-msg")
+        assert reason in shown, (reason, shown)
+        assert "flat-test" not in [a["name"] for a in get_json(server.url + "/avatars")["avatars"]]
+        assert errors == [], errors
+
+
+async def test_server_lost_mid_call_then_retry(netns: str, speech_wav: Path, tmp_path: Path) -> None:
+    srv = Server(netns, tmp_path)  # a server of its own: this test kills it
+    srv.start()
+    try:
+        async with browser_page(tmp_path, srv.url, speech_wav) as (page, errors):
+            await page.goto(srv.url + "/")
+            await page.click("#btn-start")
+            await page.wait_for_function(
+                "() => ['live', 'error'].includes(document.body.dataset.state)", timeout=30_000)
+            assert await body_state(page) == "live", await page.inner_text("#message")
+            assert srv.proc is not None
+            srv.proc.kill()  # the server crashes
+            srv.proc.wait(5)
+            await page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=15_000)
+            title = await page.inner_text("#message-title")
+            assert "disconnected" in title.lower(), title
+            assert "server" in (await page.inner_text("#message-text")).lower()
+            assert await page.is_visible("#btn-retry")
+            assert await page.evaluate("document.getElementById('avatar-video').srcObject") is None
+            # Retry while the server is still down: a clear "can't reach" message, not a hang
+            await page.click("#btn-retry")
+            await page.wait_for_function(
+                "() => window.avatarClient.lastError && window.avatarClient.lastError.code === 'unreachable'",
+                timeout=15_000)
+            assert await body_state(page) == "error"
+            assert errors == [], errors
+    finally:
+        srv.stop()
+
+
 async def test_unreachable_server_shows_human_message(netns: str, speech_wav: Path, tmp_path: Path) -> None:
     origin = f"http://{netns}:{free_port(netns)}"  # nothing listens there
     async with browser_page(tmp_path, origin, speech_wav) as (page, errors):
