@@ -45,7 +45,6 @@ from server.render.builtin_geom import (
 from server.render.builtin_styles import (
     CHARACTER_STYLES,
     CharacterStyle,
-    fabric_path,
     neck_path,
     paint_background,
     paint_head,
@@ -158,11 +157,14 @@ class BuiltinRenderer:
             paint_torso(c, style)
             del surf
             self._torso.append((arr, self._image(arr)))
-        # clip for the neck: everything outside the clothes (design space, moved with breath)
-        inv = skia.Path(fabric_path(style))
-        inv.setFillType(skia.PathFillType.kInverseWinding)
-        self._neck_clip = inv
         self._neck = neck_path(style)
+        self._neck_shadows: list[tuple[skia.Path, float]] = []
+        for rect, alpha in ((oval(0.0, 104.0, 44.0, 30.0), 0.55), (oval(0.0, 92.0, 50.0, 30.0), 0.45)):
+            o = skia.Path()
+            o.addOval(rect)
+            clipped = skia.Op(o, self._neck, skia.PathOp.kIntersect_PathOp)
+            if clipped is not None:
+                self._neck_shadows.append((clipped, alpha))
         # head sprite (premultiplied RGBA) in head space
         x0, y0, x1, y1 = SPRITE_BOX
         sw, sh = int(math.ceil((x1 - x0) * s)) + 2, int(math.ceil((y1 - y0) * s)) + 2
@@ -173,7 +175,14 @@ class BuiltinRenderer:
         c.translate(-x0, -y0)
         paint_head(c, style)
         del surf
+        # keep only the painted part: the per-frame warp and blend cost scales with its area
+        ys, xs = np.nonzero(self._sprite[..., 3])
+        u0, u1 = max(0, int(xs.min()) - 1), min(sw, int(xs.max()) + 2)
+        v0, v1 = max(0, int(ys.min()) - 1), min(sh, int(ys.max()) + 2)
+        self._sprite = np.ascontiguousarray(self._sprite[v0:v1, u0:u1])
+        self._sprite_origin = (x0 + u0 / s, y0 + v0 / s)  # head-space point of sprite px (0, 0)
         self._nose_shadow = shade(style.skin_shadow, 0.95)
+        self._paints: dict[tuple[object, ...], skia.Paint] = {}
 
     # ------------------------------------------------------------------ protocol
 
@@ -189,8 +198,8 @@ class BuiltinRenderer:
         c = self._canvas
         np.copyto(self._buf, self._bg)
         c.resetMatrix()
-        self._draw_torso(c, pose)
         self._draw_neck(c, pose)
+        self._draw_torso(c, pose)
         self._draw_sprite(c, pose)
         self._draw_features(c, state, pose, emo)
         c.resetMatrix()
@@ -201,6 +210,31 @@ class BuiltinRenderer:
     @staticmethod
     def _image(arr: NDArray[np.uint8]) -> skia.Image:
         return skia.Image.fromarray(arr, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType, copy=False)
+
+    def _cached(self, key: tuple[object, ...], make: Callable[[], skia.Paint]) -> skia.Paint:
+        p = self._paints.get(key)
+        if p is None:
+            if len(self._paints) > 4096:  # bounded: continuous alphas/widths are quantised anyway
+                self._paints.clear()
+            p = self._paints[key] = make()
+        return p
+
+    def _fp(self, c: RGB, alpha: float = 1.0) -> skia.Paint:
+        """Cached solid fill paint (alpha quantised to 1/255)."""
+        a = round(clamp(alpha, 0.0, 1.0) * 255)
+        return self._cached(("f", c, a), lambda: fill(c, a / 255))
+
+    def _sp(self, c: RGB, width: float, alpha: float = 1.0) -> skia.Paint:
+        """Cached round-capped stroke paint (width quantised to 1/64 u)."""
+        a = round(clamp(alpha, 0.0, 1.0) * 255)
+        wq = round(width * 64)
+        return self._cached(("s", c, a, wq), lambda: stroke(c, wq / 64, a / 255))
+
+    def _bp(self, c: RGB, alpha: float, sigma: float) -> skia.Paint:
+        """Cached soft fill paint (``sigma`` in px, quantised to 1/16)."""
+        a = round(clamp(alpha, 0.0, 1.0) * 255)
+        sq = round(sigma * 16)
+        return self._cached(("b", c, a, sq), lambda: blurred(c, a / 255, sq / 16))
 
     def _pose(self, state: AnimationState) -> _Pose:
         w, h = self._size
@@ -247,23 +281,18 @@ class BuiltinRenderer:
         c.drawImage(self._torso[k][1], 0, yi)
 
     def _draw_neck(self, c: skia.Canvas, pose: _Pose) -> None:
-        st, lay = self.style, self._lay
+        st = self.style
         c.save()
-        c.translate(lay.ox + 256.0 * lay.s, lay.oy - BREATH_RISE * pose.breath * lay.s)
-        c.scale(lay.s, lay.s)
-        c.clipPath(self._neck_clip, doAntiAlias=True)
-        c.resetMatrix()
         self._set_matrix(c, pose, PAR_NECK)
-        c.drawPath(self._neck, fill(shade(st.skin, 0.94)))
-        c.clipPath(self._neck, doAntiAlias=True)
-        c.drawOval(oval(0.0, 104.0, 44.0, 30.0), fill(st.skin_shadow, 0.55))
-        c.drawOval(oval(0.0, 92.0, 50.0, 30.0), fill(st.skin_shadow, 0.45))
+        c.drawPath(self._neck, self._fp(shade(st.skin, 0.94)))
+        for path, alpha in self._neck_shadows:
+            c.drawPath(path, self._fp(st.skin_shadow, alpha))
         c.restore()
 
     def _draw_sprite(self, c: skia.Canvas, pose: _Pose) -> None:
         s = self._lay.s
         a, b, cc, d, e, f = self._affine(pose, PAR_SPRITE)
-        x0, y0 = SPRITE_BOX[0], SPRITE_BOX[1]
+        x0, y0 = self._sprite_origin
         sh, sw = self._sprite.shape[:2]
         # sprite px (u, v) -> head space (u/s + x0, v/s + y0) -> frame px
         m = np.array(
@@ -295,7 +324,7 @@ class BuiltinRenderer:
         blush = 0.30 * happy + 0.10 * angry + 0.05 * surprised
         if blush > 0.01:
             for sx in (-1.0, 1.0):
-                c.drawOval(oval(sx * 54.0, 40.0, 21.0, 12.0), blurred((240, 96, 110), blush, 6.0 * self._lay.s))
+                c.drawOval(oval(sx * 54.0, 40.0, 21.0, 12.0), self._bp((240, 96, 110), blush, 6.0 * self._lay.s))
         # eyes and brows
         brow_r = clamp(_f(state.brow_raise, -1.0, 1.0) + 0.35 * surprised - 0.2 * angry, -1.0, 1.0)
         brow_i = clamp(_f(state.brow_inner, -1.0, 1.0) + 0.45 * sad - 0.55 * angry, -1.0, 1.0)
@@ -311,7 +340,7 @@ class BuiltinRenderer:
         if angry > 0.05:
             for sx in (-1.0, 1.0):
                 crease = smooth_path([(sx * 6.0, -32.0), (sx * 8.0, -22.0), (sx * 7.0, -14.0)], closed=False)
-                c.drawPath(crease, stroke(st.skin_shadow, 1.6, 0.6 * angry))
+                c.drawPath(crease, self._sp(st.skin_shadow, 1.6, 0.6 * angry))
         if st.glasses is not None:
             self._set_matrix(c, pose, PAR_GLASSES)
             self._glasses(c, pose)
@@ -332,7 +361,7 @@ class BuiltinRenderer:
         hu_in = h_up * (1.0 - 0.5 * angry)
         hu_out = h_up * (1.0 - 0.4 * sad)
         h_lo = st.eye_h * scale * 0.55 * (1.0 - 0.75 * happy) * min(1.0, 0.4 + op)
-        lash = stroke(st.lash, 2.6 * scale)
+        lash = self._sp(st.lash, 2.6 * scale)
         if op < 0.12:
             # closed: lash line curving down (or up for a happy squint)
             bend = 3.5 * scale * (1.0 - 2.0 * happy)
@@ -340,7 +369,7 @@ class BuiltinRenderer:
             p.moveTo(xi, yi)
             p.cubicTo(lerp(xi, xo, 0.3), yi + bend * 1.33, lerp(xi, xo, 0.7), yo + bend * 1.33, xo, yo)
             c.drawPath(p, lash)
-            c.drawLine(xo, yo, xo + side * 4.0 * scale, yo - 2.0 * scale, stroke(st.lash, 1.8 * scale))
+            c.drawLine(xo, yo, xo + side * 4.0 * scale, yo - 2.0 * scale, self._sp(st.lash, 1.8 * scale))
             return
         up = skia.Path()
         up.moveTo(xi, yi)
@@ -348,35 +377,35 @@ class BuiltinRenderer:
         eye = skia.Path(up)
         eye.cubicTo(lerp(xi, xo, 0.7), yo + h_lo * 1.33, lerp(xi, xo, 0.3), yi + h_lo * 1.33, xi, yi)
         eye.close()
-        c.drawPath(eye, fill(SCLERA))
+        c.drawPath(eye, self._fp(SCLERA))
         c.save()
         c.clipPath(eye, doAntiAlias=True)
         ir = st.iris_r * scale
         ix, iy = cx + gx * 0.42 * w, EYE_Y - 0.5 + gy * 0.4 * st.eye_h
-        c.drawCircle(ix, iy, ir, fill(st.iris))
-        c.drawCircle(ix, iy + ir * 0.25, ir * 0.7, fill(shade(st.iris, 1.35), 0.55))
-        c.drawCircle(ix, iy, ir, stroke(shade(st.iris, 0.55), 1.3 * scale))
-        c.drawCircle(ix, iy, ir * 0.46, fill((16, 12, 14)))
-        c.drawCircle(ix - ir * 0.35, iy - ir * 0.38, ir * 0.24, fill((255, 255, 255), 0.95))
-        c.drawCircle(ix + ir * 0.3, iy + ir * 0.3, ir * 0.1, fill((255, 255, 255), 0.7))
-        c.drawPath(up, stroke(st.skin_shadow, 4.5 * scale, 0.45))  # lid shadow on the eyeball
+        c.drawCircle(ix, iy, ir, self._fp(st.iris))
+        c.drawCircle(ix, iy + ir * 0.25, ir * 0.7, self._fp(shade(st.iris, 1.35), 0.55))
+        c.drawCircle(ix, iy, ir, self._sp(shade(st.iris, 0.55), 1.3 * scale))
+        c.drawCircle(ix, iy, ir * 0.46, self._fp((16, 12, 14)))
+        c.drawCircle(ix - ir * 0.35, iy - ir * 0.38, ir * 0.24, self._fp((255, 255, 255), 0.95))
+        c.drawCircle(ix + ir * 0.3, iy + ir * 0.3, ir * 0.1, self._fp((255, 255, 255), 0.7))
+        c.drawPath(up, self._sp(st.skin_shadow, 4.5 * scale, 0.45))  # lid shadow on the eyeball
         c.restore()
         c.drawPath(up, lash)
         # outer lash flick
         flick = skia.Path()
         flick.moveTo(xo - side * 3.0 * scale, yo - 1.0 * scale)
         flick.quadTo(xo + side * 2.0 * scale, yo - 1.0 * scale, xo + side * 5.0 * scale, yo - 4.5 * scale)
-        c.drawPath(flick, stroke(st.lash, 1.8 * scale))
+        c.drawPath(flick, self._sp(st.lash, 1.8 * scale))
         lower = skia.Path()
         lower.moveTo(xo, yo)
         lower.cubicTo(lerp(xi, xo, 0.7), yo + h_lo * 1.33, lerp(xi, xo, 0.3), yi + h_lo * 1.33, xi, yi)
-        c.drawPath(lower, stroke(st.skin_shadow, 1.1 * scale, 0.55 + 0.3 * happy))
+        c.drawPath(lower, self._sp(st.skin_shadow, 1.1 * scale, 0.55 + 0.3 * happy))
         # lid crease
         crease = skia.Path()
         ch = h_up + 5.0 * scale + 2.0 * (1.0 - op)
         crease.moveTo(lerp(xi, xo, 0.1), yi - ch * 0.6)
         crease.cubicTo(lerp(xi, xo, 0.3), yi - ch * 1.3, lerp(xi, xo, 0.75), yo - ch * 1.25, lerp(xi, xo, 0.95), yo - ch * 0.5)
-        c.drawPath(crease, stroke(st.skin_shadow, 1.3 * scale, 0.45))
+        c.drawPath(crease, self._sp(st.skin_shadow, 1.3 * scale, 0.45))
 
     def _brow(self, c: skia.Canvas, side: float, raise_: float, inner: float, emo: dict[str, float], scale: float) -> None:
         st = self.style
@@ -395,8 +424,8 @@ class BuiltinRenderer:
         p.cubicTo(lerp(xp, xo, 0.5), yp - t * 0.45, xo, yo - t * 0.1, xo + side * 1.0, yo + t * 0.1)
         p.cubicTo(lerp(xp, xo, 0.55), yp + t * 0.15, lerp(xi, xp, 0.5), yp + t * 0.55, xi, yi + t * 0.5)
         p.close()
-        c.drawPath(p, fill(st.brow))
-        c.drawPath(p, stroke(st.brow, 0.8 * scale, 0.6))
+        c.drawPath(p, self._fp(st.brow))
+        c.drawPath(p, self._sp(st.brow, 0.8 * scale, 0.6))
 
     def _glasses(self, c: skia.Canvas, pose: _Pose) -> None:
         st = self.style
@@ -405,34 +434,34 @@ class BuiltinRenderer:
         for side in (-1.0, 1.0):
             cx = side * st.eye_gap
             rs = r * (1.0 + 0.12 * side * pose.yaw)
-            c.drawCircle(cx, EYE_Y - 1.0, rs, fill((220, 236, 250), 0.10))
-            c.drawCircle(cx, EYE_Y - 1.0, rs, stroke(st.glasses, 3.4))
+            c.drawCircle(cx, EYE_Y - 1.0, rs, self._fp((220, 236, 250), 0.10))
+            c.drawCircle(cx, EYE_Y - 1.0, rs, self._sp(st.glasses, 3.4))
             glint = skia.Path()
             glint.moveTo(cx - rs * 0.55, EYE_Y - rs * 0.35)
             glint.lineTo(cx - rs * 0.2, EYE_Y - rs * 0.7)
-            c.drawPath(glint, stroke((255, 255, 255), 2.4, 0.35))
+            c.drawPath(glint, self._sp((255, 255, 255), 2.4, 0.35))
             arm = skia.Path()
             arm.moveTo(cx + side * rs, EYE_Y - 6.0)
             arm.lineTo(side * (st.face.cheek_w - 2.0), EYE_Y - 10.0)
-            c.drawPath(arm, stroke(st.glasses, 3.0))
+            c.drawPath(arm, self._sp(st.glasses, 3.0))
         bridge = skia.Path()
         bridge.moveTo(-st.eye_gap + r - 1.0, EYE_Y - 4.0)
         bridge.quadTo(0.0, EYE_Y - 12.0, st.eye_gap - r + 1.0, EYE_Y - 4.0)
-        c.drawPath(bridge, stroke(st.glasses, 3.0))
+        c.drawPath(bridge, self._sp(st.glasses, 3.0))
 
     def _nose(self, c: skia.Canvas) -> None:
         st = self.style
         nw = st.nose_w
         ridge = smooth_path([(6.0, 6.0), (9.0, 24.0), (nw * 0.9, 38.0)], closed=False)
-        c.drawPath(ridge, stroke(self._nose_shadow, 2.2, 0.35))
-        c.drawOval(oval(0.0, 44.0, nw * 1.05, 5.0), fill(st.skin_shadow, 0.35))
+        c.drawPath(ridge, self._sp(self._nose_shadow, 2.2, 0.35))
+        c.drawOval(oval(0.0, 44.0, nw * 1.05, 5.0), self._fp(st.skin_shadow, 0.35))
         for sx in (-1.0, 1.0):
             wing = skia.Path()
             wing.moveTo(sx * nw * 0.55, 34.0)
             wing.cubicTo(sx * nw * 1.25, 34.0, sx * nw * 1.3, 44.0, sx * nw * 0.6, 45.0)
-            c.drawPath(wing, stroke(st.skin_shadow, 1.8, 0.7))
-            c.drawOval(oval(sx * nw * 0.45, 44.0, 3.2, 1.8), fill(shade(st.skin_shadow, 0.75), 0.8))
-        c.drawOval(oval(-2.0, 36.0, 5.0, 3.5), fill(st.skin_light, 0.45))
+            c.drawPath(wing, self._sp(st.skin_shadow, 1.8, 0.7))
+            c.drawOval(oval(sx * nw * 0.45, 44.0, 3.2, 1.8), self._fp(shade(st.skin_shadow, 0.75), 0.8))
+        c.drawOval(oval(-2.0, 36.0, 5.0, 3.5), self._fp(st.skin_light, 0.45))
 
     def _mouth(self, c: skia.Canvas, state: AnimationState, emo: dict[str, float]) -> None:
         st = self.style
@@ -472,16 +501,16 @@ class BuiltinRenderer:
         top = -up_in - ul
         bot = lo_in + ll
         # under-lip shadow and philtrum
-        c.drawOval(oval(0.0, bot + 4.0, w * 0.5, 3.5 + 1.5 * prs), fill(st.skin_shadow, 0.30 + 0.25 * prs))
+        c.drawOval(oval(0.0, bot + 4.0, w * 0.5, 3.5 + 1.5 * prs), self._fp(st.skin_shadow, 0.30 + 0.25 * prs))
         for sx in (-1.0, 1.0):
-            c.drawLine(sx * 3.5, top - 12.0, sx * 4.5, top - 1.0, stroke(st.skin_shadow, 1.4, 0.22))
+            c.drawLine(sx * 3.5, top - 12.0, sx * 4.5, top - 1.0, self._sp(st.skin_shadow, 1.4, 0.22))
         # smile lines
         if abs(sm) > 0.25:
             for sx, cyc in ((-1.0, cy_l), (1.0, cy_r)):
                 ln = skia.Path()
-                ln.moveTo(sx * (st.nose_w + 8.0), -26.0)
-                ln.quadTo(sx * (w + 10.0), -16.0 + cyc, sx * (w + 6.0), cyc + 8.0)
-                c.drawPath(ln, stroke(st.skin_shadow, 1.6, 0.35 * (abs(sm) - 0.25) / 0.75))
+                ln.moveTo(sx * (st.nose_w + 10.0), -24.0)
+                ln.quadTo(sx * (w + 9.0), -14.0 + cyc, sx * (w + 5.0), cyc + 4.0)
+                c.drawPath(ln, self._sp(st.skin_shadow, 1.5, 0.25 * (abs(sm) - 0.25) / 0.75))
         # outer lips: upper (cupid's bow) and lower
         k = 1.0 + 0.8 * rnd
         outer = skia.Path()
@@ -494,7 +523,7 @@ class BuiltinRenderer:
         outer.cubicTo(w * (0.8 + 0.2 * rnd), cy_r + (lo_in * 0.7 + ll * 0.5) * k, w * 0.5, bot, 0.0, bot)
         outer.cubicTo(-w * 0.5, bot, -w * (0.8 + 0.2 * rnd), cy_l + (lo_in * 0.7 + ll * 0.5) * k, -w, cy_l)
         outer.close()
-        c.drawPath(outer, fill(st.lip_lower))
+        c.drawPath(outer, self._fp(st.lip_lower))
         # inner contour (the lips' meeting line / the opening)
         cyi_l = cy_l * (a_in / w) ** 2
         cyi_r = cy_r * (a_in / w) ** 2
@@ -516,7 +545,7 @@ class BuiltinRenderer:
         upper_lip.lineTo(a_in, cyi_r)
         upper_lip.cubicTo(a_in * rcx, cu, -a_in * rcx, cu, -a_in, cyi_l)
         upper_lip.close()
-        c.drawPath(upper_lip, fill(st.lip_upper))
+        c.drawPath(upper_lip, self._fp(st.lip_upper))
         open_h = up_in + lo_in
         if open_h > 0.6:
             cav = skia.Path()
@@ -524,54 +553,54 @@ class BuiltinRenderer:
             cav.cubicTo(-a_in * rcx, cu, a_in * rcx, cu, a_in, cyi_r)
             cav.cubicTo(a_in * rcx, cl, -a_in * rcx, cl, -a_in, cyi_l)
             cav.close()
-            c.drawPath(cav, fill(CAVITY))
+            c.drawPath(cav, self._fp(CAVITY))
             c.save()
             c.clipPath(cav, doAntiAlias=True)
             ute = -0.3 * gap  # upper teeth edge
             lte = 0.7 * gap  # lower teeth edge
             # tongue body (raised at the back for kk), tongue tip behind the upper teeth (DD, nn)
             body_ry = max(3.0, 0.35 * open_h) * (1.0 + 0.6 * w_kk)
-            c.drawOval(oval(0.0, lo_in + 1.0, a_in * 0.78, body_ry), fill(TONGUE))
+            c.drawOval(oval(0.0, lo_in + 1.0, a_in * 0.78, body_ry), self._fp(TONGUE))
             if t_behind > 0.02:
                 tip_top = lerp(lo_in - body_ry, ute + 1.0, t_behind)
                 ry = max(1.0, (lo_in + 2.0 - tip_top) / 2.0)
-                c.drawOval(oval(0.0, tip_top + ry, max(5.0, a_in * 0.42), ry), fill(shade(TONGUE, 1.08)))
-                c.drawLine(0.0, tip_top + 3.0, 0.0, tip_top + 2.0 * ry - 1.0, stroke(shade(TONGUE, 0.75), 1.1, 0.6))
+                c.drawOval(oval(0.0, tip_top + ry, max(5.0, a_in * 0.42), ry), self._fp(shade(TONGUE, 1.08)))
+                c.drawLine(0.0, tip_top + 3.0, 0.0, tip_top + 2.0 * ry - 1.0, self._sp(shade(TONGUE, 0.75), 1.1, 0.6))
             # teeth
-            c.drawRect(skia.Rect(-a_in, -up_in - 3.0, a_in, ute), fill(TEETH))
+            c.drawRect(skia.Rect(-a_in, -up_in - 3.0, a_in, ute), self._fp(TEETH))
             if lo_in - lte > 0.3:
-                c.drawRect(skia.Rect(-a_in, lte, a_in, lo_in + 3.0), fill(shade(TEETH, 0.93)))
+                c.drawRect(skia.Rect(-a_in, lte, a_in, lo_in + 3.0), self._fp(shade(TEETH, 0.93)))
             for xx in (-0.55, -0.27, 0.0, 0.27, 0.55):
-                c.drawLine(a_in * xx, -up_in - 2.0, a_in * xx, ute, stroke((200, 196, 190), 0.8, 0.5))
-            c.drawRect(skia.Rect(-a_in, -up_in - 3.0, a_in, -up_in + 1.2), fill(st.lip_upper, 0.35))
+                c.drawLine(a_in * xx, -up_in - 2.0, a_in * xx, ute, self._sp((200, 196, 190), 0.8, 0.5))
+            c.drawRect(skia.Rect(-a_in, -up_in - 3.0, a_in, -up_in + 1.2), self._fp(st.lip_upper, 0.35))
             for sx in (-1.0, 1.0):  # dark corners give the teeth depth
-                c.drawOval(oval(sx * a_in, 0.0, a_in * 0.32, open_h + 4.0), fill(CAVITY, 0.55))
+                c.drawOval(oval(sx * a_in, 0.0, a_in * 0.32, open_h + 4.0), self._fp(CAVITY, 0.55))
             c.restore()
             if t_front > 0.02:  # TH: tongue tip between the teeth, over the lower lip
                 ty = lerp(ute, lte, 0.5) + 3.0 * t_front
                 rx, ry = max(9.0, a_in * 0.55), max(5.0, 0.5 * (lte - ute) + 4.0)
                 al = min(1.0, 1.5 * t_front)
-                c.drawOval(oval(0.0, ty, rx, ry), fill(TONGUE, al))
-                c.drawOval(oval(0.0, ty, rx, ry), stroke(shade(TONGUE, 0.6), 1.0, al))
-                c.drawLine(0.0, ty - ry * 0.2, 0.0, ty + ry * 0.6, stroke(shade(TONGUE, 0.7), 1.0, 0.6 * al))
-                c.drawOval(oval(-rx * 0.25, ty, rx * 0.35, ry * 0.35), fill(shade(TONGUE, 1.3), 0.5 * t_front))
+                c.drawOval(oval(0.0, ty, rx, ry), self._fp(TONGUE, al))
+                c.drawOval(oval(0.0, ty, rx, ry), self._sp(shade(TONGUE, 0.6), 1.0, al))
+                c.drawLine(0.0, ty - ry * 0.2, 0.0, ty + ry * 0.6, self._sp(shade(TONGUE, 0.7), 1.0, 0.6 * al))
+                c.drawOval(oval(-rx * 0.25, ty, rx * 0.35, ry * 0.35), self._fp(shade(TONGUE, 1.3), 0.5 * t_front))
             if tuck > 0.05:  # FF: upper teeth resting on the lower lip
-                c.drawRoundRect(skia.Rect(-a_in * 0.8, -up_in, a_in * 0.8, lo_in + 2.5 * tuck), 2.0, 2.0, fill(shade(TEETH, 0.97), min(1.0, 1.5 * tuck)))
+                c.drawRoundRect(skia.Rect(-a_in * 0.8, -up_in, a_in * 0.8, lo_in + 2.5 * tuck), 2.0, 2.0, self._fp(shade(TEETH, 0.97), min(1.0, 1.5 * tuck)))
                 for xx in (-0.4, 0.0, 0.4):
-                    c.drawLine(a_in * xx, -up_in + 0.5, a_in * xx, lo_in + 2.0 * tuck, stroke((200, 196, 190), 0.8, 0.5 * tuck))
+                    c.drawLine(a_in * xx, -up_in + 0.5, a_in * xx, lo_in + 2.0 * tuck, self._sp((200, 196, 190), 0.8, 0.5 * tuck))
         # the line where the lips meet
-        line = stroke(mix(st.lip_upper, LIP_LINE, 0.45), 1.5 + 1.0 * prs)
+        line = self._sp(mix(st.lip_upper, LIP_LINE, 0.45), 1.5 + 1.0 * prs)
         if open_h <= 0.6:
             c.drawPath(upper_in, line)
         else:
-            line.setAlphaf(1.0 - 0.85 * rnd)
+            corner_line = self._sp(mix(st.lip_upper, LIP_LINE, 0.45), 1.5 + 1.0 * prs, 1.0 - 0.85 * rnd)
             for sx, cyc, cyi in ((-1.0, cy_l, cyi_l), (1.0, cy_r, cyi_r)):
-                c.drawLine(sx * w, cyc, sx * a_in, cyi, line)
+                c.drawLine(sx * w, cyc, sx * a_in, cyi, corner_line)
         # corners and highlights
         for sx, cyc in ((-1.0, cy_l), (1.0, cy_r)):
-            c.drawCircle(sx * w, cyc, 1.5 + 0.6 * prs, fill(mix(st.lip_upper, LIP_LINE, 0.4), 0.7))
-        c.drawOval(oval(0.0, lo_in + ll * 0.42, w * 0.32, ll * 0.2), fill((255, 255, 255), 0.22))
-        c.drawOval(oval(-w * 0.3, top + ul * 0.35, w * 0.12, ul * 0.15), fill((255, 255, 255), 0.12))
+            c.drawCircle(sx * w, cyc, 1.5 + 0.6 * prs, self._fp(mix(st.lip_upper, LIP_LINE, 0.4), 0.7))
+        c.drawOval(oval(0.0, lo_in + ll * 0.42, w * 0.32, ll * 0.2), self._fp((255, 255, 255), 0.22))
+        c.drawOval(oval(-w * 0.3, top + ul * 0.35, w * 0.12, ul * 0.15), self._fp((255, 255, 255), 0.12))
         c.restore()
 
 

@@ -352,9 +352,9 @@ def paint_torso(canvas: skia.Canvas, st: CharacterStyle) -> None:
         canvas.restore()
         for sx in (-1.0, 1.0):
             pt = skia.Path()
-            pt.moveTo(sx * 4, 376)
-            pt.lineTo(sx * 40, 352)
-            pt.lineTo(sx * 36, 384)
+            pt.moveTo(sx * 30, 352)
+            pt.lineTo(sx * 12, 392)
+            pt.lineTo(sx * 48, 372)
             pt.close()
             canvas.drawPath(pt, fill(st.shirt_accent))
             canvas.drawPath(pt, stroke((190, 190, 186), 1.0, 0.9))
@@ -433,44 +433,45 @@ def _front_hair(st: CharacterStyle) -> skia.Path:
         return p
     if st.hair_style == "short_tousled":
         pts = [
-            (-94.0, -20.0),
-            (-104.0, -70.0),
-            (-98.0, -112.0),
-            (-72.0, -146.0),
-            (-34.0, -160.0),
-            (4.0, -166.0),
-            (44.0, -160.0),
-            (82.0, -140.0),
-            (104.0, -106.0),
-            (104.0, -62.0),
-            (96.0, -18.0),
-            (88.0, -22.0),
-            (84.0, -66.0),
-            (64.0, -92.0),  # right hairline
-            (30.0, -98.0),
-            (6.0, -90.0),  # fringe tip
-            (-14.0, -104.0),
-            (-44.0, -96.0),
-            (-70.0, -84.0),
-            (-86.0, -60.0),
-            (-88.0, -20.0),
+            (-92.0, -26.0),
+            (-104.0, -72.0),
+            (-100.0, -114.0),
+            (-80.0, -146.0),
+            (-46.0, -166.0),
+            (-4.0, -172.0),
+            (38.0, -168.0),
+            (74.0, -152.0),
+            (100.0, -124.0),
+            (110.0, -86.0),
+            (106.0, -44.0),
+            (97.0, -18.0),
+            (89.0, -26.0),
+            (88.0, -58.0),
+            (80.0, -74.0),  # fringe tufts sweeping to the right
+            (64.0, -66.0),
+            (58.0, -86.0),
+            (38.0, -80.0),
+            (26.0, -98.0),
+            (4.0, -92.0),
+            (-14.0, -108.0),
+            (-46.0, -100.0),
+            (-72.0, -88.0),
+            (-86.0, -64.0),
         ]
-        return smooth_path(pts, tension=0.85)
+        return smooth_path(pts, tension=0.8)
     if st.hair_style == "curly_top":
-        p = skia.Path()
         right = [
-            (0.0, -164.0),
-            (60.0, -158.0),
-            (100.0, -128.0),
-            (112.0, -80.0),
-            (100.0, -30.0),
-            (90.0, -36.0),
-            (86.0, -80.0),
-            (50.0, -92.0),
-            (0.0, -94.0),
+            (0.0, -166.0),
+            (58.0, -160.0),
+            (98.0, -130.0),
+            (110.0, -88.0),
+            (102.0, -56.0),
+            (90.0, -58.0),
+            (84.0, -82.0),
+            (52.0, -96.0),
+            (0.0, -98.0),
         ]
-        p.addPath(smooth_path(mirrored(right), tension=0.9))
-        return p
+        return smooth_path(mirrored(right), tension=0.9)
     # bob with straight bangs
     p = skia.Path()
     p.moveTo(0, -156)
@@ -501,23 +502,25 @@ def _hair_texture(canvas: skia.Canvas, st: CharacterStyle, clip: skia.Path) -> N
         shine = smooth_path([(20, -146), (70, -128), (104, -92)], closed=False)
         canvas.drawPath(shine, stroke(st.hair_light, 7.0, 0.35))
     elif st.hair_style == "short_tousled":
-        for i in range(12):
-            x = -90.0 + i * 16.0
-            strand = smooth_path([(x * 0.4, -160.0), (x * 0.9, -130.0), (x, -96.0)], closed=False)
-            canvas.drawPath(strand, stroke(st.hair_shade, 2.2, 0.35))
-        shine = smooth_path([(-50, -140), (-10, -152), (30, -148)], closed=False)
-        canvas.drawPath(shine, stroke(st.hair_light, 6.0, 0.45))
+        for i in range(11):
+            x = -84.0 + i * 17.0
+            strand = smooth_path([(x - 30.0, -166.0), (x - 6.0, -140.0), (x + 10.0, -112.0), (x + 16.0, -90.0)], closed=False)
+            canvas.drawPath(strand, stroke(st.hair_shade, 2.0, 0.35))
+            hi = smooth_path([(x - 22.0, -160.0), (x - 2.0, -136.0), (x + 8.0, -118.0)], closed=False)
+            canvas.drawPath(hi, stroke(st.hair_light, 1.6, 0.3))
+        shine = smooth_path([(-60, -142), (-20, -158), (24, -156)], closed=False)
+        canvas.drawPath(shine, stroke(st.hair_light, 6.0, 0.4))
     elif st.hair_style == "curly_top":
         k = 0
-        for row in range(6):
-            y = -158.0 + row * 13.0
-            for col in range(-9, 10):
-                x = col * 13.0 + (6.5 if row % 2 else 0.0)
+        for row in range(10):
+            y = -164.0 + row * 8.0
+            for col in range(-14, 15):
+                x = col * 8.0 + (4.0 if row % 2 else 0.0)
                 k += 1
-                r = 7.0 + (k * 7919 % 5) * 0.6
-                c = mix(st.hair_shade, st.hair_light, ((k * 31) % 7) / 10.0)
-                canvas.drawCircle(x, y, r, fill(c, 0.9))
-                canvas.drawCircle(x - 1.5, y - 1.5, r * 0.45, fill(st.hair_light, 0.35))
+                r = 4.2 + (k * 7919 % 5) * 0.35
+                c = mix(st.hair_shade, st.hair_light, ((k * 31) % 7) / 14.0)
+                canvas.drawCircle(x, y, r, stroke(c, 1.3, 0.45))
+        canvas.drawOval(oval(-30, -146, 50, 14), blurred(st.hair_light, 0.25, 6.0))
     elif st.hair_style == "bob":
         for i in range(14):
             x = -120.0 + i * 18.5
@@ -592,10 +595,10 @@ def paint_head(canvas: skia.Canvas, st: CharacterStyle) -> None:
         # sideburns
         for sx in (-1.0, 1.0):
             sb = skia.Path()
-            sb.moveTo(sx * 88, -40)
-            sb.lineTo(sx * 92, -2)
-            sb.lineTo(sx * 86, -4)
-            sb.lineTo(sx * 84, -40)
+            sb.moveTo(sx * 92, -40)
+            sb.lineTo(sx * 93, -4)
+            sb.lineTo(sx * 85, -8)
+            sb.lineTo(sx * 82, -40)
             sb.close()
             canvas.drawPath(sb, fill(st.hair))
 
