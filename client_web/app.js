@@ -800,6 +800,19 @@ function init() {
   });
   updateIntensity();
   ui.photoForm.addEventListener("submit", uploadPhoto);
+  const pip = $("btn-pip");
+  if (document.pictureInPictureEnabled && ui.video.requestPictureInPicture) {
+    pip.hidden = false;
+    pip.addEventListener("click", () => {
+      const p = document.pictureInPictureElement ? document.exitPictureInPicture() : ui.video.requestPictureInPicture();
+      p.catch((err) => showMessage("Pop-out not available", String(err && err.message ? err.message : err), { kind: "warn" }));
+    });
+  }
+  $("btn-full").addEventListener("click", () => {
+    const stage = $("stage");
+    if (document.fullscreenElement) document.exitFullscreen().catch(() => {});
+    else if (stage.requestFullscreen) stage.requestFullscreen().catch(() => {});
+  });
   navigator.mediaDevices?.addEventListener?.("devicechange", () => {
     refreshDevices(call && !call.closed && call.stream ? call.stream.getAudioTracks()[0] : null).catch(() => {});
   });
