@@ -342,6 +342,7 @@ class Animator:
         # Emotion blend.
         self.auto = cfg.emotion == "auto"
         self._auto_intensity = cfg.emotion_intensity
+        self._auto_blend = cfg.emotion_blend_s
         first = "neutral" if self.auto else cfg.emotion
         w0 = self._emotion_vector(first, cfg.emotion_intensity)
         self._emo_from = w0
@@ -378,7 +379,7 @@ class Animator:
 
     def push(self, frame: VisemeFrame) -> None:
         """Store the hops of a viseme frame; they drive the mouth from the next ``sample``."""
-        weights = np.asarray(frame.weights, np.float32)
+        weights = np.array(frame.weights, np.float32)  # a copy: callers may reuse their buffer
         if weights.ndim != 2 or weights.shape[1] != N_VISEMES:
             raise ValueError(f"VisemeFrame.weights must be (n, {N_VISEMES}), got {weights.shape}")
         for row in weights:
@@ -412,6 +413,7 @@ class Animator:
         if emotion == "auto":
             self.auto = True
             self._auto_intensity = float(intensity)
+            self._auto_blend = float(blend)
             self._auto_next = t0
             return
         self.auto = False
@@ -612,7 +614,7 @@ class Animator:
             return
         target = self._emotion_vector(cand, self._auto_intensity)
         if tau - self._auto_since >= 1.0 and not np.allclose(target, self._emo_to):
-            self._blend_to(target, self.cfg.emotion_blend_s, tau)
+            self._blend_to(target, self._auto_blend, tau)
 
     # ------------------------------------------------------------------ targets of the face
 
