@@ -128,6 +128,28 @@ def test_mouth_attacks_fast_and_rests_within_150_ms_after_speech() -> None:
     assert first_open - onset <= 0.04 + 1.0 / FPS  # within one video frame of the 40 ms target
 
 
+def test_silence_visemes_rest_the_mouth_during_vad_hangover() -> None:
+    d = Driver(Animator(seed=3))
+    d.run(1.0, probs(O=1.0))
+    stop = d.t
+    after = d.run(0.3, probs())  # the VAD still says speaking, the model says sil
+    late = [s for s in after if s.t - stop >= 0.15]
+    assert late and all(np.all(np.abs(mouth(s)) < 0.02) and s.speaking for s in late)
+
+
+def test_a_burst_of_hops_is_reflected_within_a_frame_not_queued() -> None:
+    """Mailbox: 0.3 s of hops arriving at once must not delay the newest one by 0.3 s."""
+    a = Animator(seed=1)
+    for i in range(10):
+        a.sample(i / FPS)
+    burst = np.stack([probs(aa=1.0)] * 30 + [probs(U=1.0)] * 4)
+    a.push(VisemeFrame(burst, 0, True, 0.9, 0.0))
+    a.sample(10 / FPS)
+    s = a.sample(11 / FPS)
+    u = VISEME_TARGETS[VISEME_INDEX["U"]]
+    assert abs(s.lip_round - u[2]) < 0.15 and s.mouth_width < -0.6
+
+
 def test_not_speaking_means_rest_even_with_open_visemes() -> None:
     d = Driver(Animator(seed=1))
     out = d.run(1.0, probs(aa=0.9), speaking=False)
