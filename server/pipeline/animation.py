@@ -294,7 +294,6 @@ class Animator:
         self._since_hop = math.inf  # s since the last consumed hop
         self._speaking = False
         self._silence_s = math.inf  # s since the last speaking hop
-        self._speech_s = 0.0  # s of the current utterance
         self.dropped_hops = 0
         # Mouth: 15 viseme weights + lip closure.
         hl = np.full(N_VISEMES + 1, cfg.mouth_half_life_s)
@@ -481,12 +480,10 @@ class Animator:
         self._speaking = speaking_hop
         if speaking_hop:
             self._silence_s = 0.0
-            self._speech_s += TICK_S
         else:
             self._silence_s += TICK_S
             if was_speaking:
                 self._post_speech_blink_done = False
-            self._speech_s = 0.0
         # Mouth target.
         if n_hops > 0 or not self._speaking:
             mt = np.zeros(N_VISEMES + 1)
