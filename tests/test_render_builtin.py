@@ -140,7 +140,8 @@ def test_gaze_and_head_pose_move_features(name: str) -> None:
     base = r.render(viseme_pose("sil")).copy()
     for field, value in [("gaze_x", 1.0), ("gaze_y", -1.0), ("brow_raise", 1.0), ("brow_inner", 1.0),
                          ("head_yaw", 0.3), ("head_pitch", 0.2), ("head_roll", 0.15), ("head_dx", 0.05),
-                         ("head_dy", 0.05), ("breath", 1.0), ("smile", 1.0)]:
+                         ("head_dy", 0.05), ("breath", 1.0), ("smile", 1.0), ("arousal", 1.0),
+                         ("listening", True), ("eye_open_l", 1.3), ("jaw_open", 0.5), ("lip_round", 1.0)]:
         img = r.render(replace(viseme_pose("sil"), **{field: value}))
         assert not np.array_equal(img, base), field
 

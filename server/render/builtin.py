@@ -98,16 +98,15 @@ def emotion_weights(state: AnimationState) -> dict[str, float]:
     return dict(zip(EMOTIONS, w, strict=True))
 
 
-def viseme_weight(state: AnimationState, name: str) -> float:
-    """Clamped weight of one viseme in ``state.visemes`` (0 if absent or malformed)."""
+def viseme_weights(state: AnimationState) -> list[float]:
+    """``state.visemes`` as N_VISEMES floats clamped to 0..1 (zeros if malformed)."""
     try:
         v = np.asarray(state.visemes, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        return 0.0
-    i = VISEME_INDEX[name]
+        return [0.0] * N_VISEMES
     if v.shape[0] != N_VISEMES:
-        return 0.0
-    return _f(v[i], 0.0, 1.0)
+        return [0.0] * N_VISEMES
+    return [float(x) for x in np.clip(np.nan_to_num(v, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +182,7 @@ class BuiltinRenderer:
         self._sprite_origin = (x0 + u0 / s, y0 + v0 / s)  # head-space point of sprite px (0, 0)
         self._nose_shadow = shade(style.skin_shadow, 0.95)
         self._paints: dict[tuple[object, ...], skia.Paint] = {}
+        self._pupil = 0.46  # pupil radius / iris radius, set per frame from arousal
 
     # ------------------------------------------------------------------ protocol
 
@@ -298,12 +298,11 @@ class BuiltinRenderer:
         m = np.array(
             [[a / s, b / s, a * x0 + b * y0 + cc], [d / s, e / s, d * x0 + e * y0 + f]], np.float64
         )
-        corners = np.array([[0, 0, 1], [sw, 0, 1], [0, sh, 1], [sw, sh, 1]], np.float64) @ m.T
+        xs = [m[0, 0] * u + m[0, 1] * v + m[0, 2] for u, v in ((0, 0), (sw, 0), (0, sh), (sw, sh))]
+        ys = [m[1, 0] * u + m[1, 1] * v + m[1, 2] for u, v in ((0, 0), (sw, 0), (0, sh), (sw, sh))]
         w, h = self._size
-        bx0 = max(0, math.floor(corners[:, 0].min()))
-        by0 = max(0, math.floor(corners[:, 1].min()))
-        bx1 = min(w, math.ceil(corners[:, 0].max()) + 1)
-        by1 = min(h, math.ceil(corners[:, 1].max()) + 1)
+        bx0, by0 = max(0, math.floor(min(xs))), max(0, math.floor(min(ys)))
+        bx1, by1 = min(w, math.ceil(max(xs)) + 1), min(h, math.ceil(max(ys)) + 1)
         if bx1 <= bx0 or by1 <= by0:
             return
         m[0, 2] -= bx0
@@ -326,8 +325,12 @@ class BuiltinRenderer:
             for sx in (-1.0, 1.0):
                 c.drawOval(oval(sx * 54.0, 40.0, 21.0, 12.0), self._bp((240, 96, 110), blush, 6.0 * self._lay.s))
         # eyes and brows
-        brow_r = clamp(_f(state.brow_raise, -1.0, 1.0) + 0.35 * surprised - 0.2 * angry, -1.0, 1.0)
-        brow_i = clamp(_f(state.brow_inner, -1.0, 1.0) + 0.45 * sad - 0.55 * angry, -1.0, 1.0)
+        listening = 1.0 if state.listening is True else 0.0
+        brow_r = clamp(
+            _f(state.brow_raise, -1.0, 1.0) + 0.25 * surprised - 0.15 * angry + 0.12 * listening, -1.0, 1.0
+        )
+        self._pupil = 0.42 + 0.08 * _f(state.arousal, 0.0, 1.0) + 0.04 * surprised  # iris fraction
+        brow_i = clamp(_f(state.brow_inner, -1.0, 1.0) + 0.3 * sad - 0.4 * angry, -1.0, 1.0)
         gx, gy = _f(state.gaze_x, -1.0, 1.0), _f(state.gaze_y, -1.0, 1.0)
         for side, open_raw in ((-1.0, state.eye_open_l), (1.0, state.eye_open_r)):
             op = _f(open_raw, 0.0, 1.3, 1.0)
@@ -385,7 +388,7 @@ class BuiltinRenderer:
         c.drawCircle(ix, iy, ir, self._fp(st.iris))
         c.drawCircle(ix, iy + ir * 0.25, ir * 0.7, self._fp(shade(st.iris, 1.35), 0.55))
         c.drawCircle(ix, iy, ir, self._sp(shade(st.iris, 0.55), 1.3 * scale))
-        c.drawCircle(ix, iy, ir * 0.46, self._fp((16, 12, 14)))
+        c.drawCircle(ix, iy, ir * self._pupil, self._fp((16, 12, 14)))
         c.drawCircle(ix - ir * 0.35, iy - ir * 0.38, ir * 0.24, self._fp((255, 255, 255), 0.95))
         c.drawCircle(ix + ir * 0.3, iy + ir * 0.3, ir * 0.1, self._fp((255, 255, 255), 0.7))
         c.drawPath(up, self._sp(st.skin_shadow, 4.5 * scale, 0.45))  # lid shadow on the eyeball
@@ -473,13 +476,14 @@ class BuiltinRenderer:
         tng = _f(state.tongue_tip, 0.0, 1.0)
         teeth = _f(state.teeth_show, 0.0, 1.0)
         happy, sad, angry, thinking = emo["happy"], emo["sad"], emo["angry"], emo["thinking"]
-        sm = clamp(_f(state.smile, -1.0, 1.0) + 0.3 * happy - 0.35 * sad - 0.15 * angry, -1.0, 1.0)
+        sm = clamp(_f(state.smile, -1.0, 1.0) + 0.2 * happy - 0.25 * sad - 0.1 * angry, -1.0, 1.0)
         # tongue in front of the teeth (TH) or behind them (DD, nn) from the viseme mix
-        w_th = viseme_weight(state, "TH")
-        w_behind = viseme_weight(state, "DD") + viseme_weight(state, "nn") + 0.5 * viseme_weight(state, "RR")
+        vw = viseme_weights(state)
+        w_th = vw[VISEME_INDEX["TH"]]
+        w_behind = vw[VISEME_INDEX["DD"]] + vw[VISEME_INDEX["nn"]] + 0.5 * vw[VISEME_INDEX["RR"]]
         front = w_th / (w_th + w_behind) if w_th + w_behind > 1e-3 else 0.0
         t_front, t_behind = tng * front, tng * (1.0 - front)
-        w_kk = viseme_weight(state, "kk")
+        w_kk = vw[VISEME_INDEX["kk"]]
 
         c.save()
         c.translate(3.0 * thinking, MOUTH_Y)
@@ -487,7 +491,7 @@ class BuiltinRenderer:
         w = st.mouth_w * (1.0 + (0.24 * wid if wid >= 0 else 0.30 * wid)) * (1.0 - 0.30 * rnd) * (1.0 + 0.06 * max(sm, 0.0))
         gap = 34.0 * jaw * (1.0 - 0.85 * prs)
         part = (5.0 + 4.0 * pos) * teeth * (1.0 - prs)
-        up_in = 0.3 * gap + 0.6 * part + 4.0 * jaw + 2.5 * tuck
+        up_in = 0.3 * gap + 0.6 * part + 4.0 * jaw * (1.0 - 0.7 * rnd) + 2.5 * tuck
         lo_in = (0.7 * gap + 0.4 * part) * (1.0 - 0.85 * tuck)
         if rnd > 0.0:  # rounded lips open into an O even with little jaw
             up_in += 1.5 * rnd * min(1.0, 4.0 * jaw)
@@ -496,8 +500,8 @@ class BuiltinRenderer:
         rcx = 0.55 + 0.5 * rnd
         cy_l = -7.0 * sm + 2.5 * thinking
         cy_r = -7.0 * sm - 3.0 * thinking
-        ul = 7.5 * (1.0 - 0.6 * prs) * (1.0 + 0.45 * rnd) * (1.0 - 0.25 * pos)
-        ll = 9.5 * (1.0 - 0.55 * prs) * (1.0 + 0.35 * rnd) * (1.0 - 0.2 * pos) * (1.0 - 0.35 * tuck)
+        ul = 7.5 * (1.0 - 0.6 * prs) * (1.0 + 0.3 * rnd) * (1.0 - 0.25 * pos)
+        ll = 9.5 * (1.0 - 0.55 * prs) * (1.0 + 0.2 * rnd) * (1.0 - 0.2 * pos) * (1.0 - 0.35 * tuck)
         top = -up_in - ul
         bot = lo_in + ll
         # under-lip shadow and philtrum
