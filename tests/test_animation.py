@@ -150,10 +150,19 @@ def test_a_burst_of_hops_is_reflected_within_a_frame_not_queued() -> None:
     assert abs(s.lip_round - u[2]) < 0.15 and s.mouth_width < -0.6
 
 
-def test_not_speaking_means_rest_even_with_open_visemes() -> None:
+def test_not_speaking_and_gated_weights_mean_rest() -> None:
+    """The VisemeStage gates weights towards sil while the VAD hears no speech: the mouth rests."""
     d = Driver(Animator(seed=1))
-    out = d.run(1.0, probs(aa=0.9), speaking=False)
+    out = d.run(1.0, probs(sil=0.7, aa=0.3), speaking=False)
     assert max(s.jaw_open for s in out) < 0.01
+
+
+def test_open_weights_move_the_mouth_before_vad_onset() -> None:
+    """Weights that already passed the soft VAD gate move the mouth before the hysteresis flips."""
+    d = Driver(Animator(seed=1))
+    d.run(0.3, probs(sil=1.0), speaking=False)
+    out = d.run(0.1, probs(aa=0.9), speaking=False)
+    assert max(s.jaw_open for s in out) > 0.5
 
 
 def test_brief_pp_closes_the_lips() -> None:

@@ -462,7 +462,10 @@ class Animator:
             hop = self._hops.popleft()
             self._since_hop = 0.0
             speaking_hop = hop.speaking
-            if hop.speaking:
+            # The VisemeStage already gates weights softly by the VAD probability, so a hop
+            # whose weights say "not silence" moves the mouth even before the VAD's hysteresis
+            # has switched to speaking: the first syllable is not delayed by VAD onset.
+            if hop.speaking or float(hop.weights[VISEME_INDEX["sil"]]) < 0.5:
                 target_row = hop.weights
                 if hop.weights[VISEME_INDEX["PP"]] >= cfg.pp_threshold:
                     self._closure_until = max(self._closure_until, tau + cfg.closure_hold_s)

@@ -8,6 +8,7 @@ that completed the item reached the server; it is only used to measure latency.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -22,7 +23,7 @@ Out_co = TypeVar("Out_co", covariant=True)
 class Stage(Protocol[In_contra, Out_co]):
     """A synchronous stage: push one item, get zero or more items out."""
 
-    def push(self, item: In_contra) -> list[Out_co]:  # pragma: no cover - protocol
+    def push(self, item: In_contra) -> Sequence[Out_co]:  # pragma: no cover - protocol
         """Consume one item; return what it completes."""
         ...
 
