@@ -413,7 +413,7 @@ class BuiltinRenderer:
     def _brow(self, c: skia.Canvas, side: float, raise_: float, inner: float, emo: dict[str, float], scale: float) -> None:
         st = self.style
         cx = side * st.eye_gap
-        base = EYE_Y - 26.0
+        base = EYE_Y + st.brow_y
         xi, xo = cx - side * 19.0 * scale, cx + side * 23.0 * scale
         xp = cx + side * 6.0 * scale
         arch = 3.0 + 3.5 * emo["surprised"] - 1.5 * emo["angry"]
@@ -433,7 +433,7 @@ class BuiltinRenderer:
     def _glasses(self, c: skia.Canvas, pose: _Pose) -> None:
         st = self.style
         assert st.glasses is not None
-        r = 24.0
+        r = 22.0
         for side in (-1.0, 1.0):
             cx = side * st.eye_gap
             rs = r * (1.0 + 0.12 * side * pose.yaw)

@@ -88,6 +88,7 @@ class CharacterStyle:
     iris_r: float = 9.6  # u
     eye_tilt: float = 1.5  # u, outer corner above the inner corner
     brow_thick: float = 5.0  # u, brow thickness at its inner end
+    brow_y: float = -26.0  # u, brow line above the eye line (head space)
     mouth_w: float = 31.0  # u, mouth half width at rest
     nose_w: float = 11.0  # u, half width of the nostril wings
     glasses: RGB | None = None  # frame colour of round glasses
@@ -188,6 +189,7 @@ CHARACTER_STYLES: tuple[CharacterStyle, ...] = (
         mouth_w=33.0,
         nose_w=13.0,
         glasses=(40, 34, 36),
+        brow_y=-31.0,
         blush_base=0.06,
     ),
     CharacterStyle(
@@ -463,11 +465,11 @@ def _front_hair(st: CharacterStyle) -> skia.Path:
         right = [
             (0.0, -166.0),
             (58.0, -160.0),
-            (98.0, -130.0),
-            (110.0, -88.0),
-            (102.0, -56.0),
-            (90.0, -58.0),
-            (84.0, -82.0),
+            (96.0, -132.0),
+            (106.0, -92.0),
+            (98.0, -62.0),
+            (88.0, -64.0),
+            (84.0, -84.0),
             (52.0, -96.0),
             (0.0, -98.0),
         ]
@@ -512,15 +514,16 @@ def _hair_texture(canvas: skia.Canvas, st: CharacterStyle, clip: skia.Path) -> N
         canvas.drawPath(shine, stroke(st.hair_light, 6.0, 0.4))
     elif st.hair_style == "curly_top":
         k = 0
-        for row in range(10):
-            y = -164.0 + row * 8.0
-            for col in range(-14, 15):
-                x = col * 8.0 + (4.0 if row % 2 else 0.0)
+        for row in range(13):
+            y = -168.0 + row * 6.5
+            for col in range(-19, 20):
                 k += 1
-                r = 4.2 + (k * 7919 % 5) * 0.35
-                c = mix(st.hair_shade, st.hair_light, ((k * 31) % 7) / 14.0)
-                canvas.drawCircle(x, y, r, stroke(c, 1.3, 0.45))
-        canvas.drawOval(oval(-30, -146, 50, 14), blurred(st.hair_light, 0.25, 6.0))
+                x = col * 6.2 + (3.1 if row % 2 else 0.0) + ((k * 13) % 5 - 2) * 0.5
+                r = 2.6 + (k * 7919 % 5) * 0.3
+                c = mix(st.hair_shade, st.hair_light, ((k * 31) % 7) / 9.0)
+                canvas.drawCircle(x, y + ((k * 17) % 3 - 1) * 0.8, r, fill(c, 0.55))
+                canvas.drawCircle(x - 0.8, y - 0.8, r * 0.4, fill(st.hair_light, 0.25))
+        canvas.drawOval(oval(-30, -146, 50, 14), blurred(st.hair_light, 0.22, 6.0))
     elif st.hair_style == "bob":
         for i in range(14):
             x = -120.0 + i * 18.5
