@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ CONFIG = web.AppKey("config", AppConfig)
 MODELS = web.AppKey("models", SharedModels)
 SESSIONS = web.AppKey("sessions", dict[str, Session])
 CLOCK = web.AppKey("clock", Clock)
-COUNTER = web.AppKey("counter", itertools.count)
+COUNTER = web.AppKey("counter", Iterator[int])
 CLIENT_DIR = ROOT / "client_web"
 MAX_PHOTO_BYTES = 15 * 1024 * 1024
 
@@ -157,7 +157,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await send(error(ProtocolError("busy", f"server is full ({cfg.server.max_sessions} sessions)", fatal=True)))
         await ws.close()
         return ws
-    n = next(app[COUNTER])
+    counter: Iterator[int] = app[COUNTER]
+    n = next(counter)
     sid = f"s{n}-{secrets.token_hex(3)}"
     session = Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send)
     sessions[sid] = session

@@ -68,14 +68,18 @@ def live_frames(path: Path) -> Iterator[av.AudioFrame]:
                 for out in resampler.resample(frame):
                     fifo.write(out)
                 while fifo.samples >= LIVE_FRAME:
-                    yield _plain(fifo.read(LIVE_FRAME))
+                    chunk = fifo.read(LIVE_FRAME)
+                    assert chunk is not None
+                    yield _plain(chunk)
         except av.error.FFmpegError as e:
             raise MediaError(f"cannot decode audio file {path}: {e}") from e
         for out in resampler.resample(None):
             fifo.write(out)
         rest = fifo.samples
         if rest:
-            tail = fifo.read(rest).to_ndarray()  # (1, 2 * rest) interleaved s16
+            last = fifo.read(rest)
+            assert last is not None
+            tail = last.to_ndarray()  # (1, 2 * rest) interleaved s16
             pad = np.zeros((1, 2 * LIVE_FRAME), np.int16)
             pad[:, : tail.shape[1]] = tail
             yield _plain(av.AudioFrame.from_ndarray(pad, format="s16", layout="stereo"))
@@ -263,7 +267,7 @@ class Mp4Writer:
         self.video.pix_fmt = "yuv420p"
         self.video.options = {"crf": "20", "preset": "veryfast"}
         self.audio = self.container.add_stream("aac", rate=LIVE_RATE)
-        self.audio.layout = "stereo"  # type: ignore[attr-defined]
+        self.audio.layout = "stereo"
 
     def add_video(self, frame: av.VideoFrame, index: int) -> None:
         """Encode one frame at position ``index``."""

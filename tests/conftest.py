@@ -53,7 +53,7 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     b = espeak_wav(d / "b.wav", "Watch the mouth open and close.")
     import av
 
-    def load(p: Path) -> "np.ndarray":
+    def load(p: Path) -> np.ndarray:
         with av.open(str(p)) as c:
             rs = av.AudioResampler(format="flt", layout="mono", rate=16000)
             chunks = []

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from engines.predictor import EnergyVisemeModel, VisemeModel
 from server.config import AppConfig, animation_config
 from server.errors import BackendError
-from server.pipeline.ingest import AudioIngest, ArrivedFrame
+from server.pipeline.ingest import ArrivedFrame, AudioIngest
 from server.pipeline.stages import FeatureStage, VisemeStage
 from server.pipeline.types import AnimationState, VisemeFrame
 from server.pipeline.vad import SileroVad
@@ -59,7 +59,7 @@ def load_models(cfg: AppConfig) -> SharedModels:
 
 def rgba_to_i420(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """(H, W, 4) RGBA → (H * 3 // 2, W) I420 planes (OpenCV; several times faster than PyAV's)."""
-    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2YUV_I420)
+    return np.asarray(cv2.cvtColor(rgba, cv2.COLOR_RGBA2YUV_I420), dtype=np.uint8)
 
 
 class AvatarPipeline:
