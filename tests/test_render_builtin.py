@@ -34,7 +34,9 @@ def _degrade(rgb: NDArray[np.uint8], size: tuple[int, int]) -> NDArray[np.uint8]
     """VP8-like loss: JPEG at quality 40, then a rescale."""
     ok, enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 40])
     assert ok
-    dec = cv2.cvtColor(cv2.imdecode(enc, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imdecode(enc, cv2.IMREAD_COLOR)
+    assert bgr is not None
+    dec = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     out: NDArray[np.uint8] = cv2.resize(dec, size, interpolation=cv2.INTER_AREA)  # type: ignore[assignment]
     return out
 
@@ -138,11 +140,13 @@ def test_blink_closes_the_eyes(name: str) -> None:
 def test_gaze_and_head_pose_move_features(name: str) -> None:
     r = BUILTIN_CHARACTERS[name]((256, 256))
     base = r.render(viseme_pose("sil")).copy()
-    for field, value in [("gaze_x", 1.0), ("gaze_y", -1.0), ("brow_raise", 1.0), ("brow_inner", 1.0),
+    changes: list[tuple[str, object]] = [
+                         ("gaze_x", 1.0), ("gaze_y", -1.0), ("brow_raise", 1.0), ("brow_inner", 1.0),
                          ("head_yaw", 0.3), ("head_pitch", 0.2), ("head_roll", 0.15), ("head_dx", 0.05),
                          ("head_dy", 0.05), ("breath", 1.0), ("smile", 1.0), ("arousal", 1.0),
-                         ("listening", True), ("eye_open_l", 1.3), ("jaw_open", 0.5), ("lip_round", 1.0)]:
-        img = r.render(replace(viseme_pose("sil"), **{field: value}))
+                         ("listening", True), ("eye_open_l", 1.3), ("jaw_open", 0.5), ("lip_round", 1.0)]
+    for field, value in changes:
+        img = r.render(replace(viseme_pose("sil"), **{field: value}))  # type: ignore[arg-type]
         assert not np.array_equal(img, base), field
 
 
