@@ -52,6 +52,7 @@ WORDLISTS_BY_LANG: dict[str, str] = {
 
 _ATTRIBUTION = re.compile(r"^\s*(--|―|—)")
 _MAX_CHARS = 260
+_MAX_WORDS = 150_000
 
 
 def _lang_key(lang: str) -> str:
@@ -109,7 +110,8 @@ def words(lang: str, root: Path = DICT_ROOT) -> tuple[str, ...]:
     if name is None or not (root / name).is_file():
         return ()
     raw = (root / name).read_bytes().decode("utf-8", errors="replace").split()
-    return tuple(w for w in raw if "'" not in w and not w.isupper() and 1 < len(w) < 18)
+    stride = max(1, len(raw) // _MAX_WORDS)  # polish has 4 M inflected forms: keep memory small
+    return tuple(w for w in raw[::stride] if "'" not in w and not w.isupper() and 1 < len(w) < 18)
 
 
 _ONSETS = ("", "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "ch",
