@@ -455,16 +455,16 @@ class BuiltinRenderer:
     def _nose(self, c: skia.Canvas) -> None:
         st = self.style
         nw = st.nose_w
-        ridge = smooth_path([(6.0, 6.0), (9.0, 24.0), (nw * 0.9, 38.0)], closed=False)
-        c.drawPath(ridge, self._sp(self._nose_shadow, 2.2, 0.35))
-        c.drawOval(oval(0.0, 44.0, nw * 1.05, 5.0), self._fp(st.skin_shadow, 0.35))
+        ridge = smooth_path([(6.0, 14.0), (8.5, 26.0), (nw * 0.85, 37.0)], closed=False)
+        c.drawPath(ridge, self._sp(self._nose_shadow, 2.0, 0.25))
+        c.drawOval(oval(0.0, 45.0, nw * 1.0, 4.5), self._fp(st.skin_shadow, 0.3))
         for sx in (-1.0, 1.0):
             wing = skia.Path()
-            wing.moveTo(sx * nw * 0.55, 34.0)
-            wing.cubicTo(sx * nw * 1.25, 34.0, sx * nw * 1.3, 44.0, sx * nw * 0.6, 45.0)
-            c.drawPath(wing, self._sp(st.skin_shadow, 1.8, 0.7))
-            c.drawOval(oval(sx * nw * 0.45, 44.0, 3.2, 1.8), self._fp(shade(st.skin_shadow, 0.75), 0.8))
-        c.drawOval(oval(-2.0, 36.0, 5.0, 3.5), self._fp(st.skin_light, 0.45))
+            wing.moveTo(sx * nw * 0.75, 36.0)
+            wing.cubicTo(sx * nw * 1.25, 36.5, sx * nw * 1.3, 44.0, sx * nw * 0.75, 45.5)
+            c.drawPath(wing, self._sp(st.skin_shadow, 1.7, 0.55))
+            c.drawOval(oval(sx * nw * 0.42, 44.5, 2.8, 1.5), self._fp(shade(st.skin_shadow, 0.75), 0.55))
+        c.drawOval(oval(-2.0, 37.0, 4.5, 3.0), self._fp(st.skin_light, 0.4))
 
     def _mouth(self, c: skia.Canvas, state: AnimationState, emo: dict[str, float]) -> None:
         st = self.style
@@ -600,6 +600,12 @@ class BuiltinRenderer:
             corner_line = self._sp(mix(st.lip_upper, LIP_LINE, 0.45), 1.5 + 1.0 * prs, 1.0 - 0.85 * rnd)
             for sx, cyc, cyi in ((-1.0, cy_l, cyi_l), (1.0, cy_r, cyi_r)):
                 c.drawLine(sx * w, cyc, sx * a_in, cyi, corner_line)
+        if prs > 0.05:  # pressed lips: a bunched chin crease and a firmer seam
+            crease = skia.Path()
+            crease.moveTo(-w * 0.55, bot + 6.0)
+            crease.quadTo(0.0, bot + 2.0, w * 0.55, bot + 6.0)
+            c.drawPath(crease, self._sp(st.skin_shadow, 1.8, 0.55 * prs))
+            c.drawPath(upper_in, self._sp(mix(st.lip_upper, LIP_LINE, 0.6), 2.4, prs))
         # corners and highlights
         for sx, cyc in ((-1.0, cy_l), (1.0, cy_r)):
             c.drawCircle(sx * w, cyc, 1.5 + 0.6 * prs, self._fp(mix(st.lip_upper, LIP_LINE, 0.4), 0.7))
