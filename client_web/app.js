@@ -574,6 +574,7 @@ async function start() {
     meterRaf: 0, meterSrc: null, visemeRaf: 0, visemePending: null, vfcHandle: 0,
   };
   call = c;
+  if (ui.photoMsg.dataset.kind === "ok") { ui.photoMsg.textContent = ""; ui.photoMsg.dataset.kind = ""; }
   client.startedAt = performance.now();
   client.firstFrameAt = null;
   client.lastError = null;
