@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import shutil
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +114,11 @@ def detect_faces(rgb: NDArray[np.uint8]) -> list[NDArray[np.float32]]:
     faces: list[NDArray[np.float32]] = []
 
     def scan(side: int) -> None:
+        with warnings.catch_warnings():  # mediapipe's protobuf use warns about deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scan_windows(side)
+
+    def scan_windows(side: int) -> None:
         xs = sorted({*range(0, max(w - side, 0) + 1, max(side // 2, 1)), max(w - side, 0)})
         ys = sorted({*range(0, max(h - side, 0) + 1, max(side // 2, 1)), max(h - side, 0)})
         with mp.solutions.face_mesh.FaceMesh(
@@ -516,7 +522,7 @@ class _Eye:
     upper: NDArray[np.float32]  # (x1 - x0,) y of the upper lid per column (absolute px)
     lower: NDArray[np.float32]
     skin: float  # px of lid skin above the upper lid that is stretched down
-    lash: tuple[int, int, int]
+    lash_h: float  # px, height of the lid margin (lashes) that moves down unchanged
 
 
 class PhotoRenderer:
@@ -654,9 +660,7 @@ class PhotoRenderer:
         yu = np.interp(xs, u[ou, 0], u[ou, 1])
         yl = np.interp(xs, lw[ol, 0], lw[ol, 1])
         yl = np.maximum(yl, yu)
-        ring = self._portrait[max(y0, 0) : y1, max(x0, 0) : x1, :3].reshape(-1, 3)
-        lash = tuple(int(v) for v in np.percentile(ring, 8, axis=0) * 0.8)
-        return _Eye(x0, y0, x1, y1, yu.astype(np.float32), yl.astype(np.float32), skin, (lash[0], lash[1], lash[2]))
+        return _Eye(x0, y0, x1, y1, yu.astype(np.float32), yl.astype(np.float32), skin, max(1.5, 0.22 * eye_h))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -838,18 +842,15 @@ class PhotoRenderer:
             return
         cols = slice(x0 - e.x0 - sx, x1 - e.x0 - sx)
         yu, yl = e.upper[cols] + sy, e.lower[cols] + sy
-        edge = yu + min(close, 1.0) * 1.06 * (yl - yu)  # lid edge per column
+        edge = yu + min(close, 1.0) * 1.04 * (yl - yu)  # lid margin per column, frame px
         top = yu - e.skin
+        lash = e.lash_h
         ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-        # Rows top..edge show the skin top..yu (stretched); rows below the edge are unchanged.
-        scale = (yu - top) / np.maximum(edge - top, 1e-3)
-        src_y = np.where((ys >= top) & (ys <= edge), top + (ys - top) * scale, ys)
+        # Rows top..edge-lash show the lid skin top..yu-lash (stretched); the lid margin with
+        # its lashes (yu-lash..yu) moves down to edge-lash..edge; rows below are unchanged.
+        scale = (yu - lash - top) / np.maximum(edge - lash - top, 1e-3)
+        skin_y = top + (ys - top) * scale
+        margin_y = ys - (edge - yu)
+        src_y = np.where((ys >= top) & (ys < edge - lash), skin_y, np.where((ys >= edge - lash) & (ys <= edge + 1.0), margin_y, ys))
         map_x = np.broadcast_to(np.arange(x0, x1, dtype=np.float32)[None, :], src_y.shape)
         work[y0:y1, x0:x1] = cv2.remap(work, np.ascontiguousarray(map_x), np.ascontiguousarray(src_y.astype(np.float32)), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        if close > 0.15:
-            pts = np.stack([np.arange(x0, x1, dtype=np.float32), edge], -1)
-            color = (*e.lash, 255)
-            alpha = min(1.0, (close - 0.15) * 2.0)
-            over = work[y0:y1, x0:x1].copy()
-            cv2.polylines(over, [np.round((pts - [x0, y0]) * 16).astype(np.int32)], False, color, max(1, round(e.skin / 6)), cv2.LINE_AA, shift=4)
-            work[y0:y1, x0:x1] = cv2.addWeighted(over, alpha, work[y0:y1, x0:x1], 1.0 - alpha, 0.0)
