@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from multiprocessing import get_context
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -182,27 +183,59 @@ def _write_shard(args: tuple[GenConfig, int, str]) -> tuple[int, float, int]:
     return index, hops / 100.0, len(arrays["lang"])
 
 
-def generate(cfg: GenConfig, out: Path, minutes: float, jobs: int = 1) -> int:
-    """Write ``ceil(minutes*60 / shard_seconds)`` shards to ``out``; returns the shard count."""
+def _shard_process(cfg: GenConfig, index: int, out: str) -> None:
+    """Child-process body: write one shard (exits non-zero on any error)."""
+    _write_shard((cfg, index, out))
+
+
+def generate(cfg: GenConfig, out: Path, minutes: float, jobs: int = 1, retries: int = 2) -> int:
+    """Write ``ceil(minutes*60 / shard_seconds)`` shards to ``out``; returns the shard count.
+
+    Every shard is made in a fresh process (forked): espeak-ng's global state starts clean, so
+    a shard does not depend on which worker made it, and a crash inside libespeak-ng (it has
+    happened: a general protection fault after many voice switches) costs one retry, never the
+    run. Existing shards are kept, so an interrupted run resumes.
+    """
     out.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, math.ceil(minutes * 60.0 / cfg.shard_seconds))
-    tasks = [(cfg, i, str(out)) for i in range(n_shards) if not (out / f"shard-{i:05d}.npz").exists()]
+    todo = [i for i in range(n_shards) if not (out / f"shard-{i:05d}.npz").exists()]
+    attempts = dict.fromkeys(todo, 0)
+    ctx = get_context("fork")
+    running: dict[int, BaseProcess] = {}
     t0 = time.monotonic()
     done_s = 0.0
     n_utts = 0
-    if jobs <= 1:
-        results = map(_write_shard, tasks)
-        for idx, secs, n in results:
-            done_s += secs
-            n_utts += n
-            _progress(idx, done_s, n_utts, t0)
-    else:
-        with get_context("fork").Pool(jobs) as pool:
-            for idx, secs, n in pool.imap_unordered(_write_shard, tasks):
-                done_s += secs
+    failed: list[int] = []
+    while todo or running:
+        while todo and len(running) < max(1, jobs):
+            idx = todo.pop(0)
+            attempts[idx] += 1
+            proc = ctx.Process(target=_shard_process, args=(cfg, idx, str(out)), daemon=True)
+            proc.start()
+            running[idx] = proc
+        time.sleep(0.05)
+        for idx, child in list(running.items()):
+            if child.is_alive():
+                continue
+            child.join()
+            del running[idx]
+            path = out / f"shard-{idx:05d}.npz"
+            if child.exitcode == 0 and path.exists():
+                with np.load(path) as z:
+                    hops = sum(z[k].shape[0] for k in z.files if k.startswith("labels_"))
+                    n = len(z["lang"])
+                done_s += hops / 100.0
                 n_utts += n
                 _progress(idx, done_s, n_utts, t0)
-    return n_shards
+            elif attempts[idx] <= retries:
+                print(f"shard {idx}: worker exit code {child.exitcode}, retrying", file=sys.stderr, flush=True)
+                todo.append(idx)
+            else:
+                print(f"shard {idx}: failed {attempts[idx]} times, skipped", file=sys.stderr, flush=True)
+                failed.append(idx)
+    if failed:
+        print(f"{len(failed)} shards failed: {failed}", file=sys.stderr, flush=True)
+    return n_shards - len(failed)
 
 
 def _progress(idx: int, done_s: float, n_utts: int, t0: float) -> None:
