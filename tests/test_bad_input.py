@@ -24,7 +24,7 @@ import pytest_asyncio
 from aiortc import RTCPeerConnection
 
 from server.client import AvatarClient, MicTrack, load_audio, rtc_configuration, ws_url
-from tests.server_proc import ROOT, ServerProcess, get_json, wait_sessions
+from tests.server_proc import ROOT, ServerProcess, get_json, model_args, wait_sessions
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -34,7 +34,7 @@ LIMIT = 256 * 1024  # bytes, the protocol's message size limit
 @pytest.fixture(scope="module")
 def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     d = tmp_path_factory.mktemp("server")
-    srv = ServerProcess(netns, d / "server.log", ["--data-dir", str(d / "data")])
+    srv = ServerProcess(netns, d / "server.log", ["--data-dir", str(d / "data"), *model_args()])
     srv.start()
     yield srv
     srv.stop()
@@ -209,7 +209,8 @@ async def test_offer_without_audio(server: ServerProcess, background: AvatarClie
 
 async def test_garbage_sdp(server: ServerProcess, background: AvatarClient) -> None:
     async with still_streaming(background, server), raw_ws(server) as ws:
-        for sdp in ("garbage", "v=0\r\nthis is not sdp\r\n", "", 17, None):
+        broken = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nm=audio banana\r\nm=video 9 UDP/TLS/RTP/SAVPF x\r\n"
+        for sdp in ("garbage", "", 17, None, ["v=0"], broken):
             await ws.send_str(json.dumps({"v": 1, "type": "offer", "sdp": sdp}))
             await expect_error(ws, "bad_offer")
         await ws.send_str(json.dumps({"v": 1, "type": "offer"}))

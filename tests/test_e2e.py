@@ -20,7 +20,7 @@ import pytest
 from numpy.typing import NDArray
 
 from server.client import ClientStats, load_audio, loudness_envelope, run_client
-from tests.server_proc import ServerProcess, get_json, wait_sessions
+from tests.server_proc import ServerProcess, get_json, model_args, wait_sessions
 
 MIN_FPS = 25.0
 LATENCY_ALLOWANCE_S = 0.5  # s: audio -> visible mouth, generous (model lookahead + smoothing + network)
@@ -30,7 +30,7 @@ LATENCY_ALLOWANCE_S = 0.5  # s: audio -> visible mouth, generous (model lookahea
 def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The real server on the private address, default config, photo data in a temp dir."""
     d = tmp_path_factory.mktemp("server")
-    srv = ServerProcess(netns, d / "server.log", ["--data-dir", str(d / "data")])
+    srv = ServerProcess(netns, d / "server.log", ["--data-dir", str(d / "data"), *model_args()])
     srv.start()
     yield srv
     code = srv.stop()
@@ -66,9 +66,15 @@ async def test_call_end_to_end(server: ServerProcess, speech_wav: Path, tmp_path
     for key in ("pcs", "tasks", "loop_tasks"):
         assert key in before, f"/stats totals lacks {key!r}: {before}"
 
+    listing = await get_json(base, "/avatars")
+    builtins = [a["name"] for a in listing["avatars"] if a["kind"] == "built-in"]
+    assert builtins, f"no built-in avatar to measure the mouth of: {listing}"
+    avatar = listing["default"] if listing["default"] in builtins else builtins[0]
+
     rec, js = tmp_path / "call.mp4", tmp_path / "call.json"
-    st = await run_client(base, speech_wav, rec, js, measure_mouth=True)
+    st = await run_client(base, speech_wav, rec, js, avatar=avatar, measure_mouth=True)
     summary = json.dumps(st.summary(), indent=1)
+    print(summary)
 
     # -- video rate ---------------------------------------------------------------------------
     assert st.fps_mean is not None and st.fps_mean >= MIN_FPS, summary
@@ -106,6 +112,7 @@ async def test_call_end_to_end(server: ServerProcess, speech_wav: Path, tmp_path
         f"speech windows {speech_w}: p90 {open_ref:.4f} mean {sp.mean():.4f}; "
         f"silence windows {silence_w}: p90 {closed:.4f} mean {si.mean():.4f}"
     )
+    print(detail)
     assert open_ref > 0, detail
     assert closed < 0.35 * open_ref, "mouth not closed in the silences: " + detail
     assert sp.mean() > 2.0 * si.mean() + 0.05 * open_ref, "mouth not open while speaking: " + detail
