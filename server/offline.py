@@ -265,7 +265,7 @@ class Mp4Writer:
         self.video = self.container.add_stream("libx264", rate=self.fps)
         self.video.width, self.video.height = size
         self.video.pix_fmt = "yuv420p"
-        self.video.options = {"crf": "20", "preset": "veryfast"}
+        self.video.options = {"crf": "20", "preset": "superfast"}
         self.audio = self.container.add_stream("aac", rate=LIVE_RATE)
         self.audio.layout = "stereo"
 

@@ -110,7 +110,9 @@ class Session:
             raise ProtocolError("state", "this session already has an offer; open a new connection to renegotiate")
         if not isinstance(sdp, str) or "v=0" not in sdp:
             raise ProtocolError("bad_offer", "offer.sdp must be an SDP string starting with v=0")
-        media = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=")]
+        media = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=") and line.split()]
+        if not media:
+            raise ProtocolError("bad_offer", "the offer has no media sections (m= lines); it is not a WebRTC offer")
         if "audio" not in media:
             raise ProtocolError("no_audio", f"the offer has no audio m-line (media: {media or 'none'}); send the microphone")
         if "video" not in media:
@@ -131,6 +133,8 @@ class Session:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as e:  # aiortc raises ValueError and others on bad SDP
+            self.pipeline = None
+            self.video = None
             raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
         self.pc.addTrack(self.video)
         answer = await self.pc.createAnswer()

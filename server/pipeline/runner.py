@@ -36,7 +36,10 @@ def load_viseme_model(name: str, engine: str = "auto") -> VisemeModel:
         from engines.onnx_predictor import load_viseme_model as load_neural
     except ImportError as e:  # pragma: no cover - packaging error
         raise BackendError(f"neural viseme models unavailable: {e}") from e
-    return load_neural(name, engine=engine)
+    try:
+        return load_neural(name, engine=engine)
+    except FileNotFoundError as e:
+        raise BackendError(str(e)) from e
 
 
 @dataclass
@@ -49,8 +52,14 @@ class SharedModels:
 
 
 def load_models(cfg: AppConfig) -> SharedModels:
-    """Load the VAD, the viseme model and the avatar registry."""
+    """Load the VAD, the viseme model and the avatar registry.
+
+    OpenCV is limited to one thread: sessions already run in parallel worker threads, and
+    OpenCV's own pool would oversubscribe the cores.
+    """
     from server.avatars import AvatarRegistry
+
+    cv2.setNumThreads(1)
 
     visemes = load_viseme_model(cfg.visemes.model, cfg.visemes.engine)
     log.info("viseme model: %s (lookahead %d ms)", visemes.name, visemes.lookahead_hops * 10)
