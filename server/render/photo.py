@@ -40,6 +40,7 @@ FORMAT = 1
 MIN_FACE_PX = 64  # px, smallest accepted face-mesh bbox width in the source image
 MAX_PIXELS = 40_000_000  # refuse larger uploads
 N_MESH = 468  # face-mesh landmarks used (the 10 iris points are left out of the mesh)
+POSE_STEP = 4  # px, sampling step of the (smooth) head-pose displacement field
 
 # mediapipe face-mesh indices, listed from the viewer's left to right.
 UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
@@ -596,20 +597,20 @@ class PhotoRenderer:
         # Head pose: a feathered region around the head (hair included) moves rigidly; the
         # shoulders and background stay. Backward bases of rotation and translation.
         fw = float(np.ptp(pts[:, 0]))
-        X0, X1 = pts[:, 0].min() - 0.5 * fw, pts[:, 0].max() + 0.5 * fw
-        Y0, Y1 = float(lm[FOREHEAD, 1]) - 0.6 * f.face_h, float(lm[CHIN, 1]) + 0.45 * f.face_h
+        X0, X1 = pts[:, 0].min() - 0.38 * fw, pts[:, 0].max() + 0.38 * fw
+        Y0, Y1 = float(lm[FOREHEAD, 1]) - 0.5 * f.face_h, float(lm[CHIN, 1]) + 0.4 * f.face_h
         hx0, hy0 = int(max(math.floor(min(X0, x0)), 0)), int(max(math.floor(min(Y0, y0)), 0))
         hx1, hy1 = int(min(math.ceil(max(X1, x1)), W)), int(min(math.ceil(max(Y1, y1)), H))
         self._head = (hx0, hy0, hx1, hy1)
         hy, hx = np.mgrid[hy0:hy1, hx0:hx1].astype(np.float64)
         wx = np.ones_like(hx)
         if X0 > 0:
-            wx *= _smoothstep(X0, X0 + 0.45 * fw, hx)
+            wx *= _smoothstep(X0, X0 + 0.33 * fw, hx)
         if X1 < W:
-            wx *= _smoothstep(X1, X1 - 0.45 * fw, hx)
+            wx *= _smoothstep(X1, X1 - 0.33 * fw, hx)
         wy = np.ones_like(hy)
         if Y0 > 0:
-            wy *= _smoothstep(Y0, Y0 + 0.4 * f.face_h, hy)
+            wy *= _smoothstep(Y0, Y0 + 0.35 * f.face_h, hy)
         chin_y = float(lm[CHIN, 1])
         if Y1 < H:
             wy *= _smoothstep(Y1, chin_y + 0.05 * f.face_h, hy)
@@ -622,7 +623,10 @@ class PhotoRenderer:
             np.stack([wgt, np.zeros_like(wgt)], -1),  # x backward tx
             np.stack([np.zeros_like(wgt), wgt], -1),  # x backward ty
         ])
-        self._pose_basis = np.ascontiguousarray(pose.reshape(4, -1).astype(np.float32))
+        # The pose field is smooth: keep it at 1/POSE_STEP resolution, upsample per frame.
+        pl = pose[:, ::POSE_STEP, ::POSE_STEP]
+        self._pose_low_shape = pl.shape[1:3]
+        self._pose_basis = np.ascontiguousarray(pl.reshape(4, -1).astype(np.float32))
         self._head_grid = np.ascontiguousarray(np.stack([hx, hy], -1).astype(np.float32))
         self._sub = (slice(y0 - hy0, y1 - hy0), slice(x0 - hx0, x1 - hx0))
         self._head_shape = (hy1 - hy0, hx1 - hx0)
@@ -636,7 +640,7 @@ class PhotoRenderer:
         self._cavity = np.ascontiguousarray(layers[0][..., :3])
         self._teeth_u, self._teeth_l, self._tongue = (_premul(np.ascontiguousarray(x)) for x in layers[1:])
         self._mi_origin = (round(mi["origin"][0] * s + offx), round(mi["origin"][1] * s + offy))
-        self._tile = np.full((*self._cavity.shape[:2], 4), 255, np.uint8)  # per-frame scratch
+        self._tiles: dict[tuple[int, int, bool], NDArray[np.uint8]] = {}  # composited interiors
 
         # Eyes (viewer's left first).
         eyes = []
@@ -716,8 +720,12 @@ class PhotoRenderer:
         if float(np.abs(p).max()) < 1e-3 and float(np.abs(q).max()) < 1e-4:
             work[hy0:hy1, hx0:hx1] = self._portrait[hy0:hy1, hx0:hx1]
         else:
-            maps = (q @ self._pose_basis).reshape(*self._head_shape, 2)
-            maps += self._head_grid
+            low = (q @ self._pose_basis).reshape(*self._pose_low_shape, 2)
+            hh, ww = self._head_shape
+            lh, lw = self._pose_low_shape
+            # (A sub-pixel misalignment of the upsampled field is harmless: it is smooth.)
+            up = cv2.resize(low, (lw * POSE_STEP, lh * POSE_STEP), interpolation=cv2.INTER_LINEAR)
+            maps = up[:hh, :ww] + self._head_grid
             if float(np.abs(p).max()) >= 1e-3:
                 # The expression field moves with the head: add it where the pose put the face.
                 sx, sy = self._pose_shift(state, self._f.mouth_c)
@@ -748,20 +756,20 @@ class PhotoRenderer:
         src = self._lm[ring, :2].astype(np.float64)
         y = src + np.tensordot(p, self._D[:, ring, :], axes=1)
         off = np.array([self._head[0], self._head[1]], np.float64)
+        hh, ww = maps.shape[:2]
         n = len(ring)
-        for _ in range(3):
+        for _ in range(2):
             q = np.concatenate([y, y + (1.0, 0.0), y + (0.0, 1.0)]) - off
-            q32 = q.astype(np.float32)
-            m = cv2.remap(maps, q32[None, :, 0].copy(), q32[None, :, 1].copy(), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0].astype(np.float64)
+            qx = np.clip(q[:, 0], 0.0, ww - 1.001)
+            qy = np.clip(q[:, 1], 0.0, hh - 1.001)
+            ix, iy = qx.astype(np.intp), qy.astype(np.intp)
+            fx, fy = (qx - ix)[:, None], (qy - iy)[:, None]
+            m = (maps[iy, ix] * (1 - fx) + maps[iy, ix + 1] * fx) * (1 - fy) + (maps[iy + 1, ix] * (1 - fx) + maps[iy + 1, ix + 1] * fx) * fy
             m0, jx, jy = m[:n], m[n : 2 * n] - m[:n], m[2 * n :] - m[:n]
-            jac = np.stack([jx, jy], -1)  # (n, 2, 2): columns d map / dx, d map / dy
-            det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
-            ok = np.abs(det) > 0.05
+            det = jx[:, 0] * jy[:, 1] - jy[:, 0] * jx[:, 1]
+            det = np.where(np.abs(det) > 0.05, det, np.inf)
             r = src - m0
-            inv = np.zeros_like(jac)
-            inv[ok, 0, 0], inv[ok, 1, 1] = jac[ok, 1, 1] / det[ok], jac[ok, 0, 0] / det[ok]
-            inv[ok, 0, 1], inv[ok, 1, 0] = -jac[ok, 0, 1] / det[ok], -jac[ok, 1, 0] / det[ok]
-            step = np.einsum("nij,nj->ni", inv, r)
+            step = np.stack([(jy[:, 1] * r[:, 0] - jy[:, 0] * r[:, 1]) / det, (-jx[:, 1] * r[:, 0] + jx[:, 0] * r[:, 1]) / det], -1)
             y = y + np.clip(step, -4.0, 4.0)
         return y
 
@@ -793,17 +801,23 @@ class PhotoRenderer:
         cv2.fillPoly(mask, [np.round((pts - [bx0, by0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
         if not mask.any():
             return
-        tile = self._tile
-        np.copyto(tile[..., :3], self._cavity)
         jaw_dy = int(round(float(p[0]) * self._J * 0.85))
         tongue_dy = jaw_dy - int(round(_clamp(state.tongue_tip, 0.0, 1.0) * (0.05 * self._f.face_h + 0.4 * jaw_dy)))
         tip_front = state.tongue_tip > 0.5
-        if not tip_front:
-            self._over(tile, self._tongue, 0, -tongue_dy)
-        self._over(tile, self._teeth_l, 0, -jaw_dy)
-        if tip_front:
-            self._over(tile, self._tongue, 0, -tongue_dy)
-        self._over(tile, self._teeth_u, 0, 0)
+        key = (jaw_dy, tongue_dy, tip_front)
+        tile = self._tiles.get(key)
+        if tile is None:
+            tile = np.full((*self._cavity.shape[:2], 4), 255, np.uint8)
+            tile[..., :3] = self._cavity
+            if not tip_front:
+                self._over(tile, self._tongue, 0, -tongue_dy)
+            self._over(tile, self._teeth_l, 0, -jaw_dy)
+            if tip_front:
+                self._over(tile, self._tongue, 0, -tongue_dy)
+            self._over(tile, self._teeth_u, 0, 0)
+            if len(self._tiles) >= 64:
+                self._tiles.pop(next(iter(self._tiles)))
+            self._tiles[key] = tile
         m = self._pose_affine(state)
         m[:, 2] += m[:, :2] @ np.array(self._mi_origin, np.float64) - (bx0, by0)
         buf = cv2.warpAffine(tile, m, (bx1 - bx0, by1 - by0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
