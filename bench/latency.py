@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from server.client import ClientError, ClientStats, run_client  # noqa: E402
-from tests.server_proc import ServerProcess, get_json, proc_cpu_s, wait_sessions  # noqa: E402
+from tests.server_proc import ServerProcess, get_json, model_args, proc_cpu_s, wait_sessions  # noqa: E402
 
 HOST = "198.18.0.1"
 DEV_SPEECH = ROOT.parent / "shared" / "data" / "dev-speech" / "audio"
@@ -158,6 +158,7 @@ async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool) 
         "first_frame_s": _max([r.first_frame_after_audio_s for r in ok]),
         "connect_s": _max([r.connect_s for r in ok]),
         "mouth_lag_s": _med([r.mouth_lag_s for r in ok]),
+        "loadavg_1m": os.getloadavg()[0],  # whole machine, at the round's end
         "audio_drops": max([int(s.get("audio_drops", 0)) for s in server_sessions] or [0]),
         "skipped_ticks": max([int(s.get("skipped_ticks", 0)) for s in server_sessions] or [0]),
         "sessions": [r.summary() for r in ok],
@@ -173,7 +174,7 @@ def print_table(rounds: list[dict[str, Any]], machine: str) -> None:
     print(f"\nmachine: {machine}")
     head = (
         "  N | lat p50 ms | lat p95 ms | fps mean | fps min 1s | first frame s | "
-        "mouth lag s | srv CPU/sess | cli CPU/sess | failed"
+        "mouth lag s | srv CPU/sess | cli CPU/sess | skipped | load | failed"
     )
     print(head)
     print("-" * len(head))
@@ -181,13 +182,15 @@ def print_table(rounds: list[dict[str, Any]], machine: str) -> None:
         print(
             f"{r['n']:>3} | {fmt(r['latency_ms_p50'], '10.1f')} | {fmt(r['latency_ms_p95'], '10.1f')} | "
             f"{fmt(r['fps_mean'], '8.1f')} | {fmt(r['fps_min_1s'], '10.1f')} | {fmt(r['first_frame_s'], '13.2f')} | "
-            f"{fmt(r['mouth_lag_s'], '11.2f')} | {r['server_cpu_per_session'] * 100:10.0f} % | "
-            f"{r['client_cpu_per_session'] * 100:10.0f} % | {len(r['failed'])}"
+            f"{fmt(r['mouth_lag_s'], '11.2f'):>11} | {r['server_cpu_per_session'] * 100:10.0f} % | "
+            f"{r['client_cpu_per_session'] * 100:10.0f} % | {r['skipped_ticks']:7d} | {r['loadavg_1m']:4.1f} | "
+            f"{len(r['failed'])}"
         )
     print(
         "lat: server-reported audio-in -> frame-out (p50: median over sessions, p95: worst session); "
         "fps min: worst 1 s window of any session; first frame: worst session, after its first audio sample; "
-        "CPU: % of one core per session"
+        "CPU: % of one core per session; skipped: most render ticks one session's server track skipped; "
+        "load: the machine's 1-min load average (other work included)"
     )
 
 
@@ -208,8 +211,7 @@ async def run_rounds(args: argparse.Namespace, d: Path, wav: Path) -> list[dict[
     srv_args = ["--data-dir", str(d / "data")]
     if args.config:
         srv_args += ["--config", str(args.config)]
-    if args.model:
-        srv_args += ["--model", args.model]
+    srv_args += ["--model", args.model] if args.model else model_args()
     srv = ServerProcess(HOST, d / "server.log", srv_args)
     srv.start()
     rounds = []

@@ -96,14 +96,14 @@ async def test_call_end_to_end(server: ServerProcess, speech_wav: Path, tmp_path
     samples = load_audio(speech_wav)
     segs = speech_segments(samples)
     assert len(segs) >= 2, f"fixture should hold two sentences, found {segs}"
-    speech_w = [(a + 0.15, b + 0.15) for a, b in segs]
-    bounds = [0.0, *[x for seg in segs for x in seg], st.duration_s]
+    speech_w = [(round(a + 0.15, 2), round(b + 0.15, 2)) for a, b in segs]
+    bounds = [0.0, *[x for seg in segs for x in seg], round(st.duration_s, 2)]
     silence_w = []
     for i in range(0, len(bounds), 2):
         a, b = bounds[i], bounds[i + 1]
         lo = a if i == 0 else a + LATENCY_ALLOWANCE_S  # the mouth may still be closing
         if b - lo >= 0.25:
-            silence_w.append((lo, b))
+            silence_w.append((round(lo, 2), b))
     sp, si = window_values(st, speech_w), window_values(st, silence_w)
     assert sp.size >= 30 and si.size >= 20, f"too few measured frames: speech {sp.size}, silence {si.size}"
     open_ref = float(np.percentile(sp, 90))
