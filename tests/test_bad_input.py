@@ -261,7 +261,7 @@ async def test_client_process_killed_mid_call(
 ) -> None:
     """SIGKILL a client process in the middle of a call: socket and ICE vanish at once."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.client", "--url", server.url, "--audio", str(speech_wav), "--duration", "120",
+        sys.executable, "-m", "server", "client", "--url", server.url, "--audio", str(speech_wav), "--duration", "120",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:

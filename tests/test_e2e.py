@@ -153,6 +153,15 @@ async def test_call_end_to_end(server: ServerProcess, speech_wav: Path, tmp_path
     assert after["loop_tasks"] <= before["loop_tasks"], f"event-loop tasks leaked: before {before}, after {after}"
 
 
+async def test_server_error_is_a_clear_client_error(server: ServerProcess, speech_wav: Path) -> None:
+    from server.client import ClientError
+
+    with pytest.raises(ClientError, match="unknown_avatar.*no-such-avatar-xyz") as info:
+        await run_client(server.url, speech_wav, None, None, avatar="no-such-avatar-xyz")
+    assert info.value.code == "unknown_avatar"
+    assert await wait_sessions(server.url, 0) == 0
+
+
 async def test_unreachable_server_is_a_clear_error(netns: str, speech_wav: Path) -> None:
     from server.client import ClientError
     from tests.server_proc import free_port
