@@ -157,6 +157,7 @@ async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool) 
         "fps_min_1s": _min([r.fps_min_1s for r in ok]),
         "first_frame_s": _max([r.first_frame_after_audio_s for r in ok]),
         "connect_s": _max([r.connect_s for r in ok]),
+        "offer_to_first_frame_s": _max([r.offer_to_first_frame_s for r in ok]),
         "mouth_lag_s": _med([r.mouth_lag_s for r in ok]),
         "loadavg_1m": os.getloadavg()[0],  # whole machine, at the round's end
         "audio_drops": max([int(s.get("audio_drops", 0)) for s in server_sessions] or [0]),
@@ -173,7 +174,7 @@ def fmt(x: float | None, spec: str) -> str:
 def print_table(rounds: list[dict[str, Any]], machine: str) -> None:
     print(f"\nmachine: {machine}")
     head = (
-        "  N | lat p50 ms | lat p95 ms | fps mean | fps min 1s | first frame s | "
+        "  N | lat p50 ms | lat p95 ms | fps mean | fps min 1s | first frame s | offer->frame s | "
         "mouth lag s | srv CPU/sess | cli CPU/sess | skipped | load | failed"
     )
     print(head)
@@ -182,6 +183,7 @@ def print_table(rounds: list[dict[str, Any]], machine: str) -> None:
         print(
             f"{r['n']:>3} | {fmt(r['latency_ms_p50'], '10.1f')} | {fmt(r['latency_ms_p95'], '10.1f')} | "
             f"{fmt(r['fps_mean'], '8.1f')} | {fmt(r['fps_min_1s'], '10.1f')} | {fmt(r['first_frame_s'], '13.2f')} | "
+            f"{fmt(r['offer_to_first_frame_s'], '14.2f')} | "
             f"{fmt(r['mouth_lag_s'], '11.2f'):>11} | {r['server_cpu_per_session'] * 100:10.0f} % | "
             f"{r['client_cpu_per_session'] * 100:10.0f} % | {r['skipped_ticks']:7d} | {r['loadavg_1m']:4.1f} | "
             f"{len(r['failed'])}"
@@ -189,6 +191,7 @@ def print_table(rounds: list[dict[str, Any]], machine: str) -> None:
     print(
         "lat: server-reported audio-in -> frame-out (p50: median over sessions, p95: worst session); "
         "fps min: worst 1 s window of any session; first frame: worst session, after its first audio sample; "
+        "offer->frame: worst session, offer sent to first video frame; "
         "CPU: % of one core per session; skipped: most render ticks one session's server track skipped; "
         "load: the machine's 1-min load average (other work included)"
     )

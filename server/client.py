@@ -136,6 +136,7 @@ class ClientStats:
     fps_min_1s: float | None = None  # fewest frames in any 1 s window
     first_frame_s: float | None = None  # first frame arrival (negative: before the audio)
     first_frame_after_audio_s: float | None = None  # first frame arriving at or after t0
+    offer_to_first_frame_s: float | None = None  # offer sent -> first video frame arrived
     gap_ms_p50: float | None = None
     gap_ms_p95: float | None = None
     gap_ms_max: float | None = None
@@ -168,6 +169,8 @@ class ClientStats:
             self.gap_ms_p95 = _percentile(gaps.tolist(), 95)
             self.gap_ms_max = float(gaps.max())
         self.fps_min_1s = min_window_fps(arr)
+        if self.connect_s is not None and self.first_frame_s is not None:
+            self.offer_to_first_frame_s = self.connect_s + self.first_frame_s
         self.dc_messages = len(self.visemes)
         self.dc_hops = sum(v.n for v in self.visemes)
         p50s = [v.latency_p50 for v in self.visemes if v.latency_p50 is not None]
