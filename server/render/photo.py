@@ -58,6 +58,7 @@ EYE_R_CORNERS = (33, 133)
 EYE_L_UPPER = (466, 388, 387, 386, 385, 384, 398)
 EYE_L_LOWER = (249, 390, 373, 374, 380, 381, 382)
 EYE_L_CORNERS = (263, 362)
+EYE_CREASES = (247, 30, 29, 27, 28, 56, 190, 467, 260, 259, 257, 258, 286, 414)
 BROWS = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55, 300, 293, 334, 296, 336, 276, 283, 282, 295, 285)
 FOREHEAD, CHIN = 10, 152
 
@@ -316,8 +317,8 @@ def landmark_bases(lm: NDArray[np.float32]) -> NDArray[np.float64]:
     K = len(BASES)
     dx = np.zeros((K, N_MESH))
     dy = np.zeros((K, N_MESH))
-    near_mouth = np.exp(-((b / 0.1) ** 2))
-    prof = np.where(aa <= 1.0, a, np.sign(a) * np.clip(1.0 - (aa - 1.0) / 1.5, 0.0, 1.0))
+    near_mouth = np.exp(-((b / 0.085) ** 2))
+    prof = np.where(aa <= 1.0, a, np.sign(a) * np.clip(1.0 - (aa - 1.0) / 0.9, 0.0, 1.0))
     centre = np.clip(1.0 - aa**2, 0.0, 1.0)
 
     # jaw_open: everything below the lips drops, fading toward the jaw hinges.
@@ -330,9 +331,9 @@ def landmark_bases(lm: NDArray[np.float32]) -> NDArray[np.float64]:
     dx[0] += np.where(is_corner, -0.06 * f.half_w * np.sign(a), 0.0)
     dy[0] += np.where(upper & (b > -0.12) & (aa < 1.2), -0.12 * J * centre, 0.0)
     # mouth_width: stretch along the mouth line.
-    dx[1] = 0.22 * f.half_w * prof * near_mouth
+    dx[1] = 0.18 * f.half_w * prof * near_mouth
     # lip_round: corners in, lip centres apart (an O).
-    dx[2] = -0.30 * f.half_w * prof * near_mouth
+    dx[2] = -0.22 * f.half_w * prof * near_mouth
     c8 = np.clip(1.0 - (a / 0.8) ** 2, 0.0, 1.0)
     dy[2] = np.where(is_upper_lip, -0.020 * f.face_h * c8, 0.0) + np.where(is_lower_lip, 0.026 * f.face_h * c8, 0.0)
     # lips_pressed: outer lip edges toward the seam (thinner lips).
@@ -360,8 +361,12 @@ def landmark_bases(lm: NDArray[np.float32]) -> NDArray[np.float64]:
     d = np.sqrt(((p[:, None, :] - bp[None, :, :]) ** 2).sum(-1)).min(1)
     w_b = np.exp(-((d / (0.07 * f.face_h)) ** 2))
     above = (f.mid - p) @ f.ey
-    gate = _smoothstep(0.025 * f.face_h, 0.06 * f.face_h, above)
-    dy[7] = -0.045 * f.face_h * w_b * gate
+    gate = _smoothstep(0.03 * f.face_h, 0.075 * f.face_h, above)
+    # The eyes themselves never move with the brows (only the skin between them stretches).
+    eye_ring = np.isin(idx, [*EYE_R_UPPER, *EYE_R_LOWER, *EYE_R_CORNERS, *EYE_L_UPPER, *EYE_L_LOWER, *EYE_L_CORNERS])
+    crease = np.isin(idx, EYE_CREASES)
+    gate = np.where(eye_ring, 0.0, np.where(crease, np.minimum(gate, 0.15), gate))
+    dy[7] = -0.035 * f.face_h * w_b * gate
     inner = np.clip(1.0 - np.abs((p - f.mid) @ f.ex) / (0.6 * f.eye_dist), 0.0, 1.0)
     dy[8] = -0.035 * f.face_h * w_b * gate * inner
     out = dx[:, :, None] * f.ex[None, None, :] + dy[:, :, None] * f.ey[None, None, :]
@@ -452,7 +457,7 @@ def _mouth_interior_assets(portrait: NDArray[np.uint8], lm: NDArray[np.float32])
     if real.sum() > 20:
         _real_teeth(tiles[1], tiles[2], photo, real, top_row=lip_top - 0.03 * f.face_h, depth=tooth_h)
     tongue = np.zeros((th, tw, 4), np.uint8)
-    tongue_rgb = np.clip(lip_rgb * np.array([1.05, 0.62, 0.66]) + np.array([25.0, 0.0, 0.0]), 0, 255)
+    tongue_rgb = np.clip(lip_rgb * np.array([0.9, 0.5, 0.55]) + np.array([15.0, 0.0, 0.0]), 0, 255)
     ty = int(round(seam_y + 0.03 * f.face_h))
     axes = (int(round(0.72 * f.half_w)), int(round(0.07 * f.face_h)))
     cv2.ellipse(tongue, (int(round(cx)), ty + axes[1]), axes, 0, 180, 360, (*tongue_rgb.tolist(), 255), -1, cv2.LINE_AA)
@@ -583,6 +588,11 @@ class PhotoRenderer:
         gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         field = LinearNDInterpolator(allp, vals, fill_value=0.0)(gx, gy)  # (h, w, 2K)
         field = -np.nan_to_num(field).reshape(y1 - y0, x1 - x0, K, 2)  # first-order inverse
+        # Brow fields: smooth away the mesh's facets (they stretch skin, no sharp edges there).
+        sig = max(0.015 * f.face_h, 1.0)
+        for k in (BASES.index("brow_raise"), BASES.index("brow_inner")):
+            for c in range(2):
+                field[:, :, k, c] = cv2.GaussianBlur(np.ascontiguousarray(field[:, :, k, c]), (0, 0), sig)
         # Bases that close a gap (compressions) are inverted exactly at parameter 1 instead:
         # interpolate -D over the deformed landmark positions.
         bpts = np.array(border)
