@@ -282,3 +282,28 @@ async def test_client_process_killed_mid_call(
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
+
+
+async def test_candidate_before_offer(server: ServerProcess, background: AvatarClient) -> None:
+    cand = {"candidate": "candidate:1 1 UDP 2122252543 198.18.0.2 40000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}
+    async with still_streaming(background, server), raw_ws(server) as ws:
+        await ws.send_str(json.dumps({"v": 1, "type": "candidate", "candidate": cand}))
+        await expect_error(ws, "state")
+        await ws.send_str(json.dumps({"v": 1, "type": "candidate", "candidate": None}))  # end of candidates: fine
+        await assert_alive(ws)
+
+
+async def test_second_offer_in_a_live_call(server: ServerProcess, background: AvatarClient, speech_wav: Path) -> None:
+    async with still_streaming(background, server):
+        c = AvatarClient(server.url, load_audio(speech_wav), duration=60.0)
+        try:
+            await c.start()
+            assert c.sig is not None and c.pc is not None
+            await c.sig.send("offer", sdp=c.pc.localDescription.sdp)
+            assert await poll_until(lambda: c.failure() is not None, 10.0), "no error for a second offer"
+            err = c.failure()
+            assert err is not None and err.code == "state", err
+            n = len(c.stats.frames)
+            assert await poll_until(lambda: len(c.stats.frames) >= n + 15, 5.0), "call stopped after the error"
+        finally:
+            await c.close()
