@@ -307,3 +307,20 @@ async def test_second_offer_in_a_live_call(server: ServerProcess, background: Av
             assert await poll_until(lambda: len(c.stats.frames) >= n + 15, 5.0), "call stopped after the error"
         finally:
             await c.close()
+
+
+async def test_peer_connection_dies_socket_stays(server: ServerProcess, background: AvatarClient, speech_wav: Path) -> None:
+    """The media path vanishes (pc closed) while the signaling socket stays open: the server
+    must notice from the peer connection and end the session itself."""
+    async with still_streaming(background, server):
+        c = AvatarClient(server.url, load_audio(speech_wav), duration=60.0)
+        try:
+            await c.start()
+            assert await poll_until(lambda: len(c.stats.frames) >= 10, 10.0), "no frames"
+            assert c.pc is not None and c.sig is not None
+            await c.pc.close()
+            assert await wait_sessions(server.url, 1, timeout_s=20.0) == 1, "server kept the dead session"
+            sig = c.sig
+            assert await poll_until(lambda: sig.ws.closed or c.failure() is not None, 5.0), "socket left open"
+        finally:
+            await c.close(bye=False)
