@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -934,7 +935,7 @@ async def run_client(
 
     ``duration``: seconds of microphone to send (default: the WAV + 1.5 s of silence).
     Writes ``record`` (MP4, video at arrival times + the sent audio) and ``stats`` (JSON) when
-    given. ``setup_s`` bounds each setup step (welcome, answer, media start). Raises
+    given (the stats file also after a failure). ``setup_s`` bounds each setup step (welcome, answer, media start). Raises
     :class:`ClientError` (server unreachable, server ``error``, failed
     connection, no media) after releasing everything.
     """
@@ -956,8 +957,8 @@ async def run_client(
         await client.wait_done()
     finally:
         await client.close()
-    if stats is not None:
-        await asyncio.to_thread(write_stats, stats, client.stats)
+        if stats is not None:  # also after a failure: it holds the server's errors
+            await asyncio.to_thread(write_stats, stats, client.stats)
     return client.stats
 
 
@@ -1016,7 +1017,7 @@ def main(args: argparse.Namespace) -> int:
             )
         )
     except ClientError as e:
-        print(f"avatar client: {e}")
+        print(f"avatar client: {e}", file=sys.stderr)
         return 1
     print(json.dumps(st.summary(), indent=1))
     return 0
