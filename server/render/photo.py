@@ -418,21 +418,22 @@ def _mouth_interior_assets(portrait: NDArray[np.uint8], lm: NDArray[np.float32])
         """A row of teeth between rows ``top``..``bottom``; ``edge_down``: biting edge at the bottom."""
         out = np.zeros((th, tw, 4), np.float32)
         arch = 0.012 * f.face_h * (u**2)  # the arch curves away at the sides
+        # Tooth widths: incisors widest, narrowing toward the sides; each tooth's biting edge
+        # is slightly rounded (a scallop) and its sides a touch darker (a soft groove).
+        pos = np.arcsin(np.clip(u, -0.999, 0.999)) / (math.pi / 2) * 2.6 + 0.5
+        within = pos % 1.0  # 0..1 across one tooth
+        scallop = 0.006 * f.face_h * (2.0 * np.abs(within - 0.5)) ** 2
         if edge_down:
-            y_edge = bottom - arch
+            y_edge = bottom - arch - scallop
             inside = (yy >= top) & (yy <= y_edge)
-            shade = 1.0 - 0.12 * np.clip((y_edge - yy) / max(bottom - top, 1.0), 0, 1)
+            shade = 1.0 - 0.18 * np.clip((y_edge - yy) / max(bottom - top, 1.0), 0, 1)
         else:
-            y_edge = top + arch
+            y_edge = top + arch + scallop
             inside = (yy >= y_edge) & (yy <= bottom)
-            shade = 1.0 - 0.12 * np.clip((yy - y_edge) / max(bottom - top, 1.0), 0, 1)
-        # Tooth widths: incisors ~ 0.28 half-mouth, narrowing toward the sides.
-        pos = np.arcsin(np.clip(u, -0.999, 0.999)) / (math.pi / 2)
-        gap = np.abs(((pos * 2.6 + 0.5) % 1.0) - 0.5)
-        groove = np.where(gap < 0.04, 0.9, 1.0)
-        dark = np.clip(1.0 - 1.1 * side**1.6, 0.0, 1.0) * shade * groove
-        col = teeth_rgb[None, None, :] * dark[..., None]
-        out[..., :3] = col
+            shade = 1.0 - 0.18 * np.clip((yy - y_edge) / max(bottom - top, 1.0), 0, 1)
+        groove = 1.0 - 0.12 * np.clip(1.0 - np.minimum(within, 1.0 - within) / 0.12, 0.0, 1.0)
+        dark = np.clip(1.0 - 0.9 * side**3, 0.0, 1.0) * shade * groove
+        out[..., :3] = teeth_rgb[None, None, :] * dark[..., None]
         out[..., 3] = np.where(inside & (side < 0.98), 255.0, 0.0)
         gum_band = inside & (np.abs(yy - (top if edge_down else bottom)) < 0.01 * f.face_h)
         out[gum_band, :3] = gum
@@ -446,7 +447,15 @@ def _mouth_interior_assets(portrait: NDArray[np.uint8], lm: NDArray[np.float32])
     open_mask = _u8(cv2.erode(open_mask, np.ones((3, 3), np.uint8)))
     photo = _u8(cv2.warpAffine(portrait, np.array([[1.0, 0, -ox], [0, 1.0, -oy]]), (tw, th), borderMode=cv2.BORDER_REPLICATE))
     real = open_mask > 0
-    if real.sum() > 20:
+    # Use the photo's teeth only when the mouth shows a real band of them: open by at least
+    # 2 % of the face height at its centre, and brighter than the lips.
+    centre = np.array(UPPER_INNER[3:8]), np.array(LOWER_INNER[3:8])
+    rest_gap = float(np.median(lm[centre[1], 1] - lm[centre[0], 1]))
+    use_real = bool(real.sum() > 20 and rest_gap >= max(3.0, 0.02 * f.face_h))
+    if use_real:
+        luma = photo[real].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        use_real = float(np.median(luma)) > 1.1 * float(lip_rgb @ np.array([0.299, 0.587, 0.114]))
+    if use_real:
         bright_px = photo[real][photo[real].mean(1) > np.percentile(photo[real].mean(1), 70)]
         teeth_rgb = np.clip(bright_px.mean(0), 120, 255) if len(bright_px) else teeth_rgb
     tooth_h = 0.05 * f.face_h
@@ -454,7 +463,7 @@ def _mouth_interior_assets(portrait: NDArray[np.uint8], lm: NDArray[np.float32])
     lip_top = float(ui_pts[:, 1].min())  # the synthetic teeth reach above the highest lip point
     tiles[1] = teeth(min(seam_y - tooth_h, lip_top - 0.03 * f.face_h), seam_y + 0.012 * f.face_h, True)
     tiles[2] = teeth(seam_y + 0.004 * f.face_h, seam_y + 0.004 * f.face_h + tooth_h * 0.85, False)
-    if real.sum() > 20:
+    if use_real:
         _real_teeth(tiles[1], tiles[2], photo, real, top_row=lip_top - 0.03 * f.face_h, depth=tooth_h)
     tongue = np.zeros((th, tw, 4), np.uint8)
     tongue_rgb = np.clip(lip_rgb * np.array([0.9, 0.5, 0.55]) + np.array([15.0, 0.0, 0.0]), 0, 255)
