@@ -63,6 +63,9 @@ class AvatarRegistry:
     def __init__(self, data_dir: Path, sprite_dirs: Sequence[Path] = (EXAMPLE_SPRITES,)) -> None:
         self.data_dir = Path(data_dir).expanduser()
         self.sprite_dirs = [Path(d) for d in sprite_dirs] + [self.data_dir / "sprites"]
+        # Photo renderers are costly to set up (~0.5 s): keep one prototype per (folder, size,
+        # landmarks.json mtime) and hand out clones that share its read-only data.
+        self._photo_protos: dict[tuple[str, tuple[int, int], float], Any] = {}
 
     @property
     def photo_dir(self) -> Path:
@@ -135,7 +138,8 @@ class AvatarRegistry:
     def create(self, name: str, size: tuple[int, int] = (512, 512)) -> Renderer:
         """A new renderer for avatar ``name`` drawing ``size`` (width, height) px frames.
 
-        Photo avatars take ~0.3-1 s to set up (displacement bases): call it off the event loop.
+        A photo avatar's first renderer per size takes ~0.3-1 s (displacement bases; later ones
+        are clones sharing that data): call it off the event loop.
         """
         info = self.get(name)
         if info.kind == "built-in":
@@ -150,7 +154,15 @@ class AvatarRegistry:
         from server.render.photo import PhotoRenderer
 
         assert info.path is not None
-        return PhotoRenderer(info.path, size)
+        key = (str(info.path), (int(size[0]), int(size[1])), (info.path / "landmarks.json").stat().st_mtime)
+        proto = self._photo_protos.get(key)
+        if proto is None:
+            proto = PhotoRenderer(info.path, size)
+            if len(self._photo_protos) >= 8:
+                self._photo_protos.pop(next(iter(self._photo_protos)))
+            self._photo_protos[key] = proto
+        clone: Renderer = proto.clone()
+        return clone
 
     def add_photo(self, image_path: Path, name: str, consent_by: str) -> AvatarInfo:
         """Register the portrait in ``image_path`` as photo avatar ``name``.

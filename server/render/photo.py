@@ -19,6 +19,7 @@ remap); the head pose is one global affine warp. ``eye_open_l`` is the eye on th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -689,6 +690,13 @@ class PhotoRenderer:
     def size(self) -> tuple[int, int]:
         """(width, height) of the frames in px."""
         return self._size
+
+    def clone(self) -> PhotoRenderer:
+        """A new renderer sharing this one's precomputed (read-only) data; own frame buffers."""
+        other = copy.copy(self)
+        other._work = self._portrait.copy()
+        other._tiles = {}
+        return other
 
     def params(self, state: AnimationState) -> NDArray[np.float32]:
         """The remap basis weights (len(BASES),) for ``state``, clamped to their ranges."""
