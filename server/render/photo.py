@@ -104,6 +104,15 @@ def _read_rgb(path: Path) -> NDArray[np.uint8]:
     return np.ascontiguousarray(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB))
 
 
+def _protobuf_compat() -> None:
+    """mediapipe 0.10.21 calls ``MessageFactory.GetPrototype``, which protobuf >= 5 removed
+    (onnx needs protobuf >= 6.31): restore it as the documented ``GetMessageClass``."""
+    from google.protobuf import message_factory
+
+    if not hasattr(message_factory.MessageFactory, "GetPrototype"):
+        message_factory.MessageFactory.GetPrototype = lambda self, descriptor: message_factory.GetMessageClass(descriptor)
+
+
 def detect_faces(rgb: NDArray[np.uint8]) -> list[NDArray[np.float32]]:
     """Every distinct face in ``rgb`` (h, w, 3): a list of (478, 3) landmark arrays in px.
 
@@ -111,6 +120,7 @@ def detect_faces(rgb: NDArray[np.uint8]) -> list[NDArray[np.float32]]:
     overlapping square windows (and half-size windows when none is found); detections of
     the same face from several windows are merged.
     """
+    _protobuf_compat()
     import mediapipe as mp  # lazily: only registration needs it
 
     h, w = rgb.shape[:2]
