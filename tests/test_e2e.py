@@ -83,8 +83,13 @@ async def test_call_end_to_end(server: ServerProcess, speech_wav: Path, tmp_path
     assert st.gap_ms_max is not None and st.gap_ms_max < 500, summary
 
     # -- the server's viseme stream and stats events ---------------------------------------
-    assert st.dc_messages >= 0.5 * st.mic_frames_sent, summary  # one per processed 20 ms frame
-    assert st.dc_hops >= 0.5 * 2 * st.mic_frames_sent, summary
+    # every 10 ms hop of the sent audio comes back once, in order (the last few may be in flight)
+    assert st.dc_hops >= 0.8 * 2 * st.mic_frames_sent, summary
+    assert st.dc_messages >= 0.25 * st.mic_frames_sent, summary  # about one per 20 ms frame
+    hops = [(v.hop, v.n) for v in st.visemes]
+    assert hops[0][0] < 100, f"first viseme message only at hop {hops[0]}"  # channel opens late at most
+    gaps = [(a, b) for a, b in zip(hops, hops[1:], strict=False) if b[0] != a[0] + a[1]]
+    assert not gaps, f"viseme hops not contiguous: {gaps[:5]}"
     assert st.dc_latency_ms_p50 is not None and 0 < st.dc_latency_ms_p50 < 1000, summary
     assert "stats" in st.events and st.server_latency_ms_p50 is not None, summary
     assert st.errors == [], summary
