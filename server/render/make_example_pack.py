@@ -183,6 +183,45 @@ def eyes_closed(c: skia.Canvas) -> None:
             c.drawLine(x + k * 14, y + 10 + (3 if k == 0 else 0), x + k * 18, y + 20 + (3 if k == 0 else 0), paint(INK, 3))
 
 
+def eyes_happy(c: skia.Canvas) -> None:
+    """Happy: smiling closed eyes (upward arcs)."""
+    for x, y in _eye_centers():
+        arc = skia.Path()
+        arc.moveTo(x - EYE_RX, y + 10)
+        arc.quadTo(x, y - 24, x + EYE_RX, y + 10)
+        c.drawPath(arc, paint(INK, 7))
+
+
+def eyes_sad(c: skia.Canvas) -> None:
+    """Sad: heavy upper lids sloping down toward the outer corners, pupils looking down."""
+    for i, (x, y) in enumerate(_eye_centers()):
+        s = -1 if i == 0 else 1  # outer side
+        r = skia.Rect(x - EYE_RX, y - EYE_RY, x + EYE_RX, y + EYE_RY)
+        c.drawOval(r, paint(0xFFFFFFFF))
+        c.save()
+        c.clipRect(skia.Rect(x - EYE_RX, y - EYE_RY, x + EYE_RX, y + EYE_RY))
+        c.drawCircle(x, y + 10, 16, paint(IRIS))
+        c.drawCircle(x, y + 10, 8, paint(0xFF111111))
+        c.drawCircle(x + 5, y + 4, 4, paint(0xFFFFFFFF))
+        lid = path([(x - EYE_RX - 4, y - EYE_RY - 4), (x + EYE_RX + 4, y - EYE_RY - 4),
+                    (x + EYE_RX + 4, y - 4 + s * 10), (x - EYE_RX - 4, y - 4 - s * 10)])
+        c.drawPath(lid, paint(ORANGE))
+        c.restore()
+        c.drawLine(x - EYE_RX, y - 4 - s * 10 * (EYE_RX / (EYE_RX + 4)), x + EYE_RX, y - 4 + s * 10 * (EYE_RX / (EYE_RX + 4)), paint(INK, 4))
+        c.drawOval(r, paint(INK, 4))
+
+
+def eyes_surprised(c: skia.Canvas) -> None:
+    """Surprised: wider whites, small pupils."""
+    for x, y in _eye_centers():
+        r = skia.Rect(x - EYE_RX - 4, y - EYE_RY - 6, x + EYE_RX + 4, y + EYE_RY + 4)
+        c.drawOval(r, paint(0xFFFFFFFF))
+        c.drawOval(r, paint(INK, 4))
+        c.drawCircle(x, y, 10, paint(IRIS))
+        c.drawCircle(x, y, 5, paint(0xFF111111))
+        c.drawCircle(x + 4, y - 4, 3, paint(0xFFFFFFFF))
+
+
 def pupils(c: skia.Canvas) -> None:
     for x, y in _eye_centers():
         c.drawCircle(x, y + 2, 17, paint(IRIS))
@@ -323,6 +362,9 @@ def build(out: Path) -> Path:
         "eyes_half.png": (EYES_SIZE, eyes_half),
         "eyes_closed.png": (EYES_SIZE, eyes_closed),
         "pupils.png": (EYES_SIZE, pupils),
+        "eyes_happy.png": (EYES_SIZE, eyes_happy),
+        "eyes_sad.png": (EYES_SIZE, eyes_sad),
+        "eyes_surprised.png": (EYES_SIZE, eyes_surprised),
         "brows.png": (BROWS_SIZE, brows_variant(0, 0, 6)),
         "brows_angry.png": (BROWS_SIZE, brows_variant(12, -8, 0)),
         "brows_sad.png": (BROWS_SIZE, brows_variant(-12, 8, 2)),
@@ -362,10 +404,10 @@ def build(out: Path) -> Path:
         },
         "motion": {"gaze_px": 9, "brow_px": 9},
         "emotions": {
-            "happy": {"brows": "brows_happy.png", "mouths": {"X": "mouth_X_happy.png"}},
-            "sad": {"brows": "brows_sad.png", "mouths": {"X": "mouth_X_sad.png"}},
+            "happy": {"eyes": {"open": "eyes_happy.png"}, "brows": "brows_happy.png", "mouths": {"X": "mouth_X_happy.png"}},
+            "sad": {"eyes": {"open": "eyes_sad.png"}, "brows": "brows_sad.png", "mouths": {"X": "mouth_X_sad.png"}},
             "angry": {"brows": "brows_angry.png", "mouths": {"X": "mouth_X_angry.png"}},
-            "surprised": {"mouths": {"X": "mouth_X_surprised.png"}},
+            "surprised": {"eyes": {"open": "eyes_surprised.png"}, "mouths": {"X": "mouth_X_surprised.png"}},
             "thinking": {"brows": "brows_thinking.png"},
         },
     }

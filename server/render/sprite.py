@@ -22,7 +22,9 @@ A pack is a folder with ``manifest.yaml`` (or ``manifest.json``) and PNG layers:
       brows: [256, 200]           # required when a brows layer exists
     motion: {gaze_px: 10, brow_px: 8}          # optional, canvas px
     emotions:                     # optional per-emotion variants (any subset)
-      happy: {brows: brows_happy.png, mouths: {X: mouth_X_happy.png}}
+      happy: {eyes: {open: eyes_happy.png}, brows: brows_happy.png, mouths: {X: mouth_X_happy.png}}
+
+An emotion's own ``eyes.open`` layer replaces the open eyes and the pupils (draw them in).
 
 Rhubarb packs need A-F; G, H and X fall back to B, C and A (Rhubarb Lip Sync's own rule).
 Viseme packs need all 15 mouths. Feature layers of one kind (eyes, mouths) share one size.
@@ -110,6 +112,7 @@ class SpritePack:
     brow_px: float = 8.0
     emotion_brows: dict[str, NDArray[np.uint8]] = field(default_factory=dict)
     emotion_mouths: dict[str, dict[str, NDArray[np.uint8]]] = field(default_factory=dict)
+    emotion_eyes: dict[str, dict[str, NDArray[np.uint8]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- manifest parsing / validation
@@ -310,6 +313,7 @@ def _check(root: Path) -> tuple[list[PackProblem], SpritePack | None]:
 
     emotion_brows: dict[str, NDArray[np.uint8]] = {}
     emotion_mouths: dict[str, dict[str, NDArray[np.uint8]]] = {}
+    emotion_eyes: dict[str, dict[str, NDArray[np.uint8]]] = {}
     emo_spec = data.get("emotions", {}) or {}
     if not isinstance(emo_spec, dict):
         c.bad("emotions", f"emotions: expected a mapping emotion -> variants, got {emo_spec!r}")
@@ -319,11 +323,25 @@ def _check(root: Path) -> tuple[list[PackProblem], SpritePack | None]:
             c.bad(f"emotions.{emo}", f"unknown emotion {emo!r} (known: {', '.join(EMOTIONS)})")
             continue
         if not isinstance(spec, dict):
-            c.bad(f"emotions.{emo}", f"emotions.{emo}: expected a mapping with brows and/or mouths, got {spec!r}")
+            c.bad(f"emotions.{emo}", f"emotions.{emo}: expected a mapping with eyes, brows and/or mouths, got {spec!r}")
             continue
         for k in spec:
-            if k not in ("brows", "mouths"):
-                c.bad(f"emotions.{emo}.{k}", f"unknown emotion variant {k!r} (known: brows, mouths)")
+            if k not in ("eyes", "brows", "mouths"):
+                c.bad(f"emotions.{emo}.{k}", f"unknown emotion variant {k!r} (known: eyes, brows, mouths)")
+        ee = spec.get("eyes", {}) or {}
+        if not isinstance(ee, dict):
+            c.bad(f"emotions.{emo}.eyes", f"emotions.{emo}.eyes: expected a mapping eye state -> PNG, got {ee!r}")
+            ee = {}
+        for k, v in ee.items():
+            if k not in EYE_STATES:
+                c.bad(f"emotions.{emo}.eyes.{k}", f"unknown eye state {k!r} (known: open, half, closed)")
+                continue
+            img = c.image(f"emotions.{emo}.eyes.{k}", v)
+            ref = eyes.get("open")
+            if img is not None and ref is not None and img.shape != ref.shape:
+                c.add(c.root / str(v), f"wrong size {img.shape[1]}x{img.shape[0]} for emotions.{emo}.eyes.{k}: must match layers.eyes {ref.shape[1]}x{ref.shape[0]}")
+            elif img is not None:
+                emotion_eyes.setdefault(emo, {})[k] = img
         if "brows" in spec:
             img = c.image(f"emotions.{emo}.brows", spec["brows"])
             if img is not None:
@@ -391,6 +409,7 @@ def _check(root: Path) -> tuple[list[PackProblem], SpritePack | None]:
         background=canvas_imgs["background"], body=canvas_imgs["body"], head=head,
         eyes=eyes, pupils=pupils, brows=brows, mouths=mouths, anchors=anchors,
         gaze_px=gaze_px, brow_px=brow_px, emotion_brows=emotion_brows, emotion_mouths=emotion_mouths,
+        emotion_eyes=emotion_eyes,
     )
     return [], pack
 
@@ -536,6 +555,7 @@ class SpriteRenderer:
         hx1, hy1 = hx1 + round(ox), hy1 + round(oy)
         slack = math.ceil(max(pack.gaze_px, pack.brow_px) * s) + 1
         feats: list[tuple[NDArray[np.uint8], str]] = [(v, "eyes") for v in pack.eyes.values()]
+        feats += [(v, "eyes") for m in pack.emotion_eyes.values() for v in m.values()]
         feats += [(v, "mouth") for v in pack.mouths.values()]
         feats += [(v, "mouth") for m in pack.emotion_mouths.values() for v in m.values()]
         if pack.pupils is not None:
@@ -564,6 +584,7 @@ class SpriteRenderer:
             return _Layer.make(sc, x, y)
 
         self._eyes = {k: feature(v, "eyes") for k, v in pack.eyes.items()}
+        self._emotion_eyes = {(emo, k): feature(v, "eyes") for emo, m in pack.emotion_eyes.items() for k, v in m.items()}
         self._pupils = feature(pack.pupils, "pupils") if pack.pupils is not None else None
         ea = np.ascontiguousarray(self._eyes["open"].px[..., 3])
         self._eye_mask4 = cv2.merge([ea, ea, ea, ea])
@@ -622,8 +643,10 @@ class SpriteRenderer:
             self._cache.move_to_end(key)
             return hit
         img = self._head_base.copy()
-        self._eyes[eye].draw(img)
-        if eye == "open" and self._pupils is not None:
+        # An emotion's own open eyes (e.g. happy arcs) come with their pupils drawn in.
+        own = self._emotion_eyes.get((emotion, eye))
+        (own or self._eyes[eye]).draw(img)
+        if eye == "open" and own is None and self._pupils is not None:
             # Pupils only inside the open eye whites: mask with the eyes layer's alpha, locally.
             e = self._eyes["open"]
             local = np.zeros_like(e.px)
