@@ -6,7 +6,8 @@ model and the ``energy`` baseline on
 - the synthetic validation split (held-out voices/languages; features pushed 2 hops at a time),
 - the real reference recordings (hand-labelled phone boundaries; audio pushed 20 ms at a time
   through :class:`engines.features.LogMelStream`),
-- the real aligned set (automatic alignments), reported separately,
+- the real aligned set (pocketsphinx forced alignments of snt5, and of all 10 utterances with a
+  phone string as ``real_aligned_all``), reported separately,
 
 on the 15 visemes and on Rhubarb's 9 shapes (A-H, X), strict and tolerant (a frame is correct
 if the prediction equals the reference anywhere within +-4 hops = +-40 ms). It writes
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 TOLERANCE_HOPS = 4  # +-40 ms
 CHUNK_SAMPLES = SAMPLE_RATE // 50  # 20 ms of audio per push, as the server does
 RHUBARB_SHAPES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "G", "H", "X")
+METRICS: tuple[str, ...] = ("viseme_strict", "viseme_tolerant", "rhubarb_strict", "rhubarb_tolerant")
 
 
 def rhubarb_table() -> NDArray[np.int64]:
@@ -121,8 +123,6 @@ class Scores:
         return out
 
 
-METRICS = ("viseme_strict", "viseme_tolerant", "rhubarb_strict", "rhubarb_tolerant")
-
 
 # --------------------------------------------------------------------------------------------
 # Running models through the streaming API.
@@ -187,14 +187,18 @@ def real_sets() -> dict[str, list[LabelledAudio]]:
         log.warning("engines.realdata unavailable (%s): no real-speech evaluation", e)
         return {}
     sets: dict[str, list[LabelledAudio]] = {}
-    for key, fn in (("real_reference", "load_reference_set"), ("real_aligned", "load_aligned_set")):
-        loader: Callable[[], Iterable[Any]] | None = getattr(realdata, fn, None)
-        if loader is None:
-            continue
+    loaders: list[tuple[str, Callable[[], Iterable[Any]]]] = [
+        ("real_reference", realdata.load_reference_set),
+        ("real_aligned", realdata.load_aligned_set),
+    ]
+    all_names = getattr(realdata, "ALL_NAMES", None)
+    if all_names:
+        loaders.append(("real_aligned_all", lambda: realdata.load_aligned_set(names=all_names)))
+    for key, loader in loaders:
         try:
             sets[key] = _as_labelled(loader())
         except Exception as e:  # a missing aligner / data folder must not hide the other set
-            log.warning("%s() failed: %s", fn, e)
+            log.warning("loading %s failed: %s", key, e)
     return sets
 
 
@@ -241,7 +245,7 @@ def evaluate_model(model: VisemeModel, val: Sequence[Any], real: dict[str, list[
 # Plots.
 
 
-def plot_confusions(path: Path, panels: list[tuple[str, NDArray[np.int64], Sequence[str]]]) -> None:
+def plot_confusions(path: Path, panels: Sequence[tuple[str, NDArray[np.int64], Sequence[str]]]) -> None:
     """Row-normalised confusion matrices side by side (rows: reference, columns: predicted)."""
     import matplotlib
 
@@ -279,7 +283,7 @@ def plot_lookahead(path: Path, rows: list[dict[str, Any]], energy: dict[str, Any
     rows = sorted(rows, key=lambda r: r["lookahead_ms"])
     xs = [r["lookahead_ms"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"synthetic_val": "-", "real_reference": "--", "real_aligned": ":"}
+    styles = {"synthetic_val": "-", "real_reference": "--", "real_aligned_all": ":"}
     colors = {"rhubarb_tolerant": "tab:green", "rhubarb_strict": "tab:blue", "viseme_strict": "tab:orange"}
     for set_name, ls in styles.items():
         for metric, col in colors.items():
@@ -345,12 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     results["model"] = _strip(res)
     energy = evaluate_model(_load("energy", args.engine), val, real, args.val_limit)
     results["energy"] = _strip(energy)
-    for key in ("synthetic_val", "real_reference", "real_aligned"):
+    for key in ("synthetic_val", "real_reference", "real_aligned", "real_aligned_all"):
         if key in res:
             log.info("%-15s model %s", key, res[key])
             log.info("%-15s energy %s", key, energy[key])
 
-    panels = []
+    panels: list[tuple[str, NDArray[np.int64], Sequence[str]]] = []
     conf = res["_confusion"]
     for key in ("real_reference", "synthetic_val"):
         if key in conf:

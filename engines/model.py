@@ -44,6 +44,7 @@ class ModelConfig:
     gru_layers: int = 1
     dropout: float = 0.1
     input_scale: float = 0.2  # normalised log-mel (nats) is multiplied by this
+    cepstra: int = 0  # >0: keep only this many DCT-II coefficients of the normalised log-mel
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -57,6 +58,9 @@ class ModelConfig:
             elif f.name == "lookahead_hops":
                 if v < 0:
                     raise ValueError(f"lookahead_hops must be >= 0, got {v}")
+            elif f.name == "cepstra":
+                if not 0 <= v <= self.n_mels:
+                    raise ValueError(f"cepstra must be in [0, n_mels], got {v}")
             elif f.name == "conv_layers":
                 if v not in (1, 2):
                     raise ValueError(f"conv_layers must be 1 or 2, got {v}")
@@ -92,17 +96,26 @@ class VisemeNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         m, c, k = cfg.n_mels, cfg.channels, cfg.kernel
-        self.conv1 = nn.Conv1d(m, c, k)
+        n_in = cfg.cepstra or m
+        self.conv1 = nn.Conv1d(n_in, c, k)
         self.conv2 = nn.Conv1d(c, c, k) if cfg.conv_layers >= 2 else None
         self.drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(c, cfg.hidden, cfg.gru_layers, batch_first=True)
         self.head = nn.Linear(cfg.hidden, cfg.n_classes)
         # Fixed box filter for the running mean: one kernel per channel (n_mels + validity).
         self.register_buffer("norm_kernel", torch.ones(m + 1, 1, cfg.norm_window), persistent=False)
+        if cfg.cepstra:
+            # Orthonormal DCT-II rows 0..cepstra-1 as a fixed 1x1 conv: the spectral envelope only
+            # (drops pitch harmonics and fine structure, a speaker-independence prior).
+            n = torch.arange(m, dtype=torch.float64)
+            kk = torch.arange(cfg.cepstra, dtype=torch.float64)[:, None]
+            dct = torch.cos(torch.pi / m * (n + 0.5) * kk) * (2.0 / m) ** 0.5
+            dct[0] /= 2.0**0.5
+            self.register_buffer("dct", dct.float()[:, :, None], persistent=False)
         # State layout: (name, channels, length) blocks, flattened channel-major, in this order.
         self._blocks: list[tuple[str, int, int]] = [
             ("norm", m + 1, cfg.norm_window - 1),
-            ("conv1", m, k - 1),
+            ("conv1", cfg.cepstra or m, k - 1),
             *([("conv2", c, k - 1)] if cfg.conv_layers >= 2 else []),
             ("gru", cfg.gru_layers, cfg.hidden),
         ]
@@ -141,9 +154,13 @@ class VisemeNet(nn.Module):
         full, norm_next = self._causal(
             norm_buf, torch.cat([x, valid], dim=1), self.cfg.norm_window - 1
         )
-        sums = F.conv1d(full, self.norm_kernel, groups=self.cfg.n_mels + 1)  # (B, M+1, T)
+        kernel: Tensor = self.norm_kernel  # type: ignore[assignment]
+        sums = F.conv1d(full, kernel, groups=self.cfg.n_mels + 1)  # (B, M+1, T)
         mean = sums[:, :-1, :] / torch.clamp(sums[:, -1:, :], min=1.0)
         xn = (x - mean) * self.cfg.input_scale
+        if self.cfg.cepstra:
+            dct: Tensor = self.dct  # type: ignore[assignment]
+            xn = F.conv1d(xn, dct)
         full, c1_next = self._causal(c1_buf, xn, self.cfg.kernel - 1)
         h = self.drop(torch.relu(self.conv1(full)))
         nexts = [norm_next, c1_next]

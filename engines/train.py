@@ -89,8 +89,59 @@ def warp_mels(x: np.ndarray, alpha: float) -> np.ndarray:
     return x[:, lo] * (1 - w) + x[:, hi] * w
 
 
+def noise_bank(dev_speech: Path) -> list[np.ndarray]:
+    """Log-mel (T, 40) of the shared real noise recordings (for feature-domain mixing)."""
+    import soundfile as sf
+
+    from engines.features import logmel
+
+    out = []
+    for p in sorted((dev_speech / "noise").glob("*.wav")):
+        audio, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        if sr != 16000:
+            raise ValueError(f"{p}: sample rate {sr}, expected 16000")
+        out.append(logmel(audio[:, 0]))
+    return out
+
+
+def mix_noise(x: np.ndarray, rng: np.random.Generator, bank: list[np.ndarray]) -> np.ndarray:
+    """Add a noise floor in the power domain at a random SNR (5-40 dB below the crop's speech peak).
+
+    The noise is a real recording's log-mel (looped) or stationary coloured noise with a random
+    spectral tilt and slow level wobble. (T, 40) -> (T, 40).
+    """
+    t = x.shape[0]
+    level = float(np.percentile(np.logaddexp.reduce(x, axis=1), 90))
+    if bank and rng.random() < 0.6:
+        src = bank[int(rng.integers(len(bank)))]
+        reps = int(np.ceil((t + src.shape[0]) / src.shape[0]))
+        loop = np.concatenate([src] * reps)
+        a = int(rng.integers(0, src.shape[0]))
+        n = loop[a : a + t].copy()
+    else:
+        tilt = float(rng.uniform(-4.0, 2.0))
+        prof = tilt * np.linspace(0.0, 1.0, N_MELS) + rng.normal(0.0, 0.4, N_MELS)
+        wobble = np.cumsum(rng.normal(0.0, 0.05, t))[:, None]
+        n = prof[None, :] + wobble + rng.normal(0.0, 0.6, (t, N_MELS))  # log-chi2-ish jitter
+    n_level = float(np.mean(np.logaddexp.reduce(n, axis=1)))
+    snr_nats = float(rng.uniform(5.0, 40.0)) * np.log(10.0) / 10.0
+    n = n + (level - snr_nats - n_level)
+    return np.logaddexp(x, n.astype(np.float32)).astype(np.float32)
+
+
+def random_eq(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A microphone/channel colouring: random tilt, sometimes a low-pass roll-off (nats per band)."""
+    m = np.arange(N_MELS, dtype=np.float32)
+    c = float(rng.uniform(-2.0, 2.0)) * (m / (N_MELS - 1) - 0.5)
+    if rng.random() < 0.5:
+        k0 = float(rng.uniform(22, 38))
+        c = c - np.maximum(m - k0, 0.0) * float(rng.uniform(0.2, 1.2))
+    return (x + c[None, :]).astype(np.float32)
+
+
 def make_batch(
-    data: Corpus, rng: np.random.Generator, batch: int, crop: int, lookahead: int, augment: bool
+    data: Corpus, rng: np.random.Generator, batch: int, crop: int, lookahead: int, augment: bool,
+    bank: list[np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> features (B, crop, 40) float32, targets (B, crop) int64 (IGNORE where no label)."""
     feats = np.full((batch, crop, N_MELS), SILENCE, np.float32)
@@ -107,6 +158,10 @@ def make_batch(
         if augment:
             if rng.random() < 0.5:
                 x = warp_mels(x, float(rng.uniform(0.88, 1.12)))
+            if rng.random() < 0.5:
+                x = mix_noise(x, rng, bank or [])
+            if rng.random() < 0.5:
+                x = random_eq(x, rng)
             if rng.random() < 0.5:
                 w = int(rng.integers(1, 6))
                 f0 = int(rng.integers(0, N_MELS - w))
@@ -178,6 +233,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-limit", type=int, default=300, help="max val utterances per evaluation")
     ap.add_argument("--no-real", action="store_true", help="skip the real-speech log evaluation")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--dev-speech", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dev-speech"),
+                    help="shared dev-speech folder (its noise/*.wav are mixed into training features)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--channels", type=int, default=ModelConfig.channels)
     ap.add_argument("--hidden", type=int, default=ModelConfig.hidden)
@@ -186,6 +243,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gru-layers", type=int, default=ModelConfig.gru_layers)
     ap.add_argument("--norm-window", type=int, default=ModelConfig.norm_window)
     ap.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    ap.add_argument("--cepstra", type=int, default=ModelConfig.cepstra, help="0: log-mel input; K: first K DCT coefficients")
     args = ap.parse_args(argv)
     if args.lookahead_ms % 10 != 0 or args.lookahead_ms < 0:
         ap.error(f"--lookahead-ms must be a non-negative multiple of 10, got {args.lookahead_ms}")
@@ -235,12 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         val_feats = [val.features[val.starts[i] : val.starts[i] + val.lengths[i]] for i in sel]
         val_labels = [val.labels[val.starts[i] : val.starts[i] + val.lengths[i]] for i in sel]
     real = {} if args.no_real else real_eval_sets()
+    noise_dir = Path(args.dev_speech)
+    bank = noise_bank(noise_dir) if (noise_dir / "noise").is_dir() else []
+    log.info("feature-domain noise bank: %d recordings from %s", len(bank), noise_dir / "noise")
 
     la = args.lookahead_ms // 10
     cfg = ModelConfig(
         lookahead_hops=la, channels=args.channels, hidden=args.hidden, kernel=args.kernel,
         conv_layers=args.conv_layers, gru_layers=args.gru_layers, norm_window=args.norm_window,
-        dropout=args.dropout,
+        dropout=args.dropout, cepstra=args.cepstra,
     )
     model = VisemeNet(cfg).to(device)
     ema = copy.deepcopy(model).eval() if args.ema > 0 else model
@@ -294,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scale = min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_scale
-        x, y = make_batch(train, rng, args.batch, args.crop, la, augment=not args.no_augment)
+        x, y = make_batch(train, rng, args.batch, args.crop, la, not args.no_augment, bank)
         x, y = x.to(device), y.to(device)
         logits, _ = model.logits(x, model.zero_state(x.shape[0]))
         loss = F.cross_entropy(logits.reshape(-1, N_VISEMES), y.reshape(-1), weight=class_w,
