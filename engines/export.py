@@ -39,7 +39,7 @@ class ExportParityError(RuntimeError):
     """An exported model disagrees with torch, or its streaming with its whole-sequence run."""
 
 
-def _ort_session(path: Path):  # type: ignore[no-untyped-def]
+def _ort_session(path: Path):
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -49,7 +49,7 @@ def _import_trt() -> tuple[Any, Any]:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
         try:
-            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+            from cuda import cudart  # older cuda-python
         except ImportError as e:
             raise BackendUnavailable(f"cuda-python is not installed ({e}); {INSTALL_HINT}") from e
     return trt, cudart
