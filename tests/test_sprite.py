@@ -68,6 +68,7 @@ def test_broken_pack_reports_every_problem_with_its_file(tmp_path: Path) -> None
     text = text.replace("E: mouth_E.png,", "E: mouth_E.png, Q: mouth_E.png,")  # unknown shape
     text = text.replace("A: mouth_A.png, ", "")  # required mouth missing
     text = text.replace("mouth: [256, 352]", "mouth: [900, 352]")  # anchor off-canvas
+    cv2.imwrite(str(pack / "eyes_happy.png"), small)  # emotion eyes must match the eyes layer
     (pack / "manifest.yaml").write_text(text)
     problems = validate_pack(pack)
     by_file: dict[str, list[str]] = {}
@@ -78,6 +79,7 @@ def test_broken_pack_reports_every_problem_with_its_file(tmp_path: Path) -> None
     assert any("unreadable PNG" in m for m in by_file["eyes_half.png"]), msgs
     assert any("wrong size 10x10" in m and "layers.body" in m for m in by_file["body.png"]), msgs
     assert any("wrong size 10x10" in m for m in by_file["mouth_X.png"]), msgs
+    assert any("emotions.happy.eyes.open" in m for m in by_file["eyes_happy.png"]), msgs
     manifest = by_file["manifest.yaml"]
     assert any("'Q'" in m for m in manifest), msgs
     assert any("missing required mouths: A" in m for m in manifest), msgs
@@ -151,6 +153,10 @@ def test_gaze_emotion_pose_and_determinism(fox: SpriteRenderer) -> None:
     base = fox.render(state()).copy()
     assert not np.array_equal(base, fox.render(state(gaze_x=1.0)))
     assert not np.array_equal(base, fox.render(state(emotion="angry")))
+    # Emotion eye variants replace the open eyes (and their pupils: gaze no longer moves them).
+    happy = fox.render(state(emotion="happy")).copy()
+    assert not np.array_equal(happy, base)
+    assert np.array_equal(happy, fox.render(state(emotion="happy", gaze_x=1.0)))
     tilted = fox.render(state(head_roll=0.2)).copy()
     assert not np.array_equal(base, tilted)
     assert np.array_equal(tilted, fox.render(state(head_roll=0.2)))
