@@ -270,7 +270,7 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         stats = (await page.evaluate("window.avatarClient"))["stats"]
         print(f"page stats: {json.dumps(stats)}")
         assert stats["visemeMessages"] > 50, stats
-        assert stats["fps"] is not None and stats["fps"] > 10, stats
+        assert stats["fps"] is not None and stats["fps"] >= 5, stats
         assert stats["rttMs"] is not None, stats
         assert stats["latencyP50"] is not None, stats
         assert (await page.inner_text("#stat-fps")).strip() != "—"
