@@ -10,11 +10,14 @@ stores, in the avatar's folder::
                          statement with who/when, source hash, mouth-interior geometry
     mouth_interior.png   4 stacked RGBA tiles: cavity, upper teeth, lower teeth, tongue
 
-Rendering (:class:`PhotoRenderer`) is cheap per frame: a displacement field
-``sum(param_k * basis_k)`` (one BLAS mat-vec) drives ``cv2.remap`` over the lower-face/brow
-box only; the mouth interior is composited inside the deformed inner-lip polygon (so it lies
-behind the lips); blinks stretch the lid skin down over each eye box (a tiny per-column
-remap); the head pose is one global affine warp. ``eye_open_l`` is the eye on the viewer's left.
+Rendering (:class:`PhotoRenderer`) builds, once per renderer (clones share it), first-order
+backward displacement fields per expression parameter over the face box and a feathered
+rigid-motion field over the head (hair included; shoulders and background stay). Per frame:
+``sum(param_k * field_k)`` (a BLAS mat-vec; the smooth pose part at 1/4 resolution) drives one
+``cv2.remap`` of the head box; the mouth interior is composited inside the inner-lip polygon
+(solved on the actual map, so it lies exactly behind the warped lips); blinks move the lid
+margin down over each eye and stretch the lid skin above it (a tiny per-column remap).
+``eye_open_l`` is the eye on the viewer's left.
 """
 
 from __future__ import annotations
@@ -217,7 +220,7 @@ def register_photo(image_path: Path, out_dir: Path, name: str, consent_by: str, 
         plm = lm.copy()
         plm[:, :2] = lm[:, :2] * s + m[:, 2]
         plm[:, 2] *= s
-    tri = _triangulate(plm[:N_MESH, :2], (W, H))
+    tri = _triangulate(plm[:N_MESH, :2])
     mouth = _mouth_interior_assets(portrait, plm)
 
     tmp = out_dir.with_name(out_dir.name + ".partial")
@@ -258,18 +261,61 @@ def register_photo(image_path: Path, out_dir: Path, name: str, consent_by: str, 
     return meta
 
 
-def _triangulate(pts: NDArray[np.float32], size: tuple[int, int]) -> NDArray[np.int32]:
-    """Delaunay triangles (n, 3) over the landmarks (indices into ``pts``)."""
-    sub = cv2.Subdiv2D((0, 0, size[0] + 1, size[1] + 1))
-    clipped = np.clip(pts, 0, [size[0], size[1]])
-    for p in clipped:
-        sub.insert((float(p[0]), float(p[1])))
+def _triangulate(pts: NDArray[np.floating[Any]]) -> NDArray[np.int32]:
+    """Delaunay triangles (m, 3) over ``pts`` (n, 2) px: indices into ``pts``.
+
+    Coincident points are merged (the first one is used).
+    """
+    p = np.asarray(pts, np.float64)
+    lo, hi = np.floor(p.min(0)) - 2.0, np.ceil(p.max(0)) + 2.0
+    sub = cv2.Subdiv2D((int(lo[0]), int(lo[1]), int(hi[0] - lo[0]) + 1, int(hi[1] - lo[1]) + 1))
+    index: dict[tuple[float, float], int] = {}
+    for i, q in enumerate(p):
+        key = (round(float(np.float32(q[0])), 2), round(float(np.float32(q[1])), 2))
+        if key not in index:
+            index[key] = i
+            sub.insert((float(q[0]), float(q[1])))
     out = []
     for t in np.asarray(sub.getTriangleList()).reshape(-1, 3, 2):
-        idx = [int(np.argmin(((clipped - v) ** 2).sum(1))) for v in t]
+        if (t < lo).any() or (t > hi).any():
+            continue  # touches Subdiv2D's virtual outer vertices
+        idx = [index.get((round(float(v[0]), 2), round(float(v[1]), 2)), -1) for v in t]
+        if -1 in idx:
+            idx = [int(np.argmin(((p - v) ** 2).sum(1))) for v in t]
         if len(set(idx)) == 3:
             out.append(idx)
     return np.array(out, np.int32).reshape(-1, 3)
+
+
+def _interpolate(pts: NDArray[np.floating[Any]], vals: NDArray[np.floating[Any]], box: tuple[int, int, int, int]) -> NDArray[np.float64]:
+    """Piecewise-linear interpolation of ``vals`` (n, c) at ``pts`` (n, 2) over the Delaunay
+    mesh, sampled at every pixel of ``box`` (x0, y0, x1, y1): (y1 - y0, x1 - x0, c); 0 outside."""
+    x0, y0, x1, y1 = box
+    p = np.asarray(pts, np.float64)
+    v = np.asarray(vals, np.float64)
+    out = np.zeros((y1 - y0, x1 - x0, v.shape[1]))
+    for i, j, k in _triangulate(p):
+        a, b, c = p[i], p[j], p[k]
+        det = (b[1] - c[1]) * (a[0] - c[0]) + (c[0] - b[0]) * (a[1] - c[1])
+        if abs(det) < 1e-9:
+            continue
+        tx0 = max(int(math.floor(min(a[0], b[0], c[0]))), x0)
+        tx1 = min(int(math.ceil(max(a[0], b[0], c[0]))) + 1, x1)
+        ty0 = max(int(math.floor(min(a[1], b[1], c[1]))), y0)
+        ty1 = min(int(math.ceil(max(a[1], b[1], c[1]))) + 1, y1)
+        if tx1 <= tx0 or ty1 <= ty0:
+            continue
+        X = np.arange(tx0, tx1, dtype=np.float64)[None, :] - c[0]
+        Y = np.arange(ty0, ty1, dtype=np.float64)[:, None] - c[1]
+        l1 = ((b[1] - c[1]) * X + (c[0] - b[0]) * Y) / det
+        l2 = ((c[1] - a[1]) * X + (a[0] - c[0]) * Y) / det
+        l3 = 1.0 - l1 - l2
+        inside = (l1 >= -1e-9) & (l2 >= -1e-9) & (l3 >= -1e-9)
+        if not inside.any():
+            continue
+        region = out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0]
+        region[inside] = l1[inside][:, None] * v[i] + l2[inside][:, None] * v[j] + l3[inside][:, None] * v[k]
+    return out
 
 
 # ---------------------------------------------------------------- face geometry
@@ -555,8 +601,6 @@ class PhotoRenderer:
     """Animates a registered photo avatar; frames are (H, W, 4) uint8 RGBA."""
 
     def __init__(self, folder: Path, size: tuple[int, int] = (512, 512)) -> None:
-        from scipy.interpolate import LinearNDInterpolator
-
         folder = Path(folder)
         try:
             meta = json.loads((folder / "landmarks.json").read_text(encoding="utf-8"))
@@ -605,9 +649,7 @@ class PhotoRenderer:
         allp = np.concatenate([pts, np.array(border)])
         K = D.shape[0]
         vals = np.concatenate([D.transpose(1, 0, 2).reshape(N_MESH, 2 * K), np.zeros((len(border), 2 * K))])
-        gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        field = LinearNDInterpolator(allp, vals, fill_value=0.0)(gx, gy)  # (h, w, 2K)
-        field = -np.nan_to_num(field).reshape(y1 - y0, x1 - x0, K, 2)  # first-order inverse
+        field = -_interpolate(allp, vals, (x0, y0, x1, y1)).reshape(y1 - y0, x1 - x0, K, 2)  # first-order inverse
         # Brow fields: smooth away the mesh's facets (they stretch skin, no sharp edges there).
         sig = max(0.015 * f.face_h, 1.0)
         for k in (BASES.index("brow_raise"), BASES.index("brow_inner")):
@@ -619,8 +661,7 @@ class PhotoRenderer:
         for k in (BASES.index("lips_pressed"), BASES.index("lip_tuck")):
             moved = np.concatenate([pts + D[k], bpts])
             v = np.concatenate([-D[k], np.zeros((len(bpts), 2))])
-            fk = LinearNDInterpolator(moved, v, fill_value=0.0)(gx, gy)
-            field[:, :, k, :] = np.nan_to_num(fk)
+            field[:, :, k, :] = _interpolate(moved, v, (x0, y0, x1, y1))
         self._basis = np.ascontiguousarray(field.transpose(2, 0, 1, 3).reshape(K, -1).astype(np.float32))
         self._roi_shape = (y1 - y0, x1 - x0)
 
@@ -727,26 +768,34 @@ class PhotoRenderer:
             np.float32,
         )
 
-    def pose_params(self, state: AnimationState) -> tuple[float, float, float, float]:
-        """Weights of the 4 backward pose bases: (cos - 1, sin, tx', ty') of the head roll/shift."""
+    def _pose(self, state: AnimationState) -> tuple[float, float, float]:
+        """Head pose (roll rad, tx px, ty px) from the state, clamped."""
         W, H = self._size
         th = _clamp(state.head_roll, -0.3, 0.3)
         tx = _clamp(state.head_dx, -0.15, 0.15) * W + math.sin(_clamp(state.head_yaw, -0.6, 0.6)) * 0.05 * W
         ty = _clamp(state.head_dy, -0.15, 0.15) * H + math.sin(_clamp(state.head_pitch, -0.6, 0.6)) * 0.04 * H
         ty -= _clamp(state.breath, 0.0, 1.0) * 0.002 * H
+        return th, tx, ty
+
+    def pose_params(self, state: AnimationState) -> tuple[float, float, float, float]:
+        """Weights of the 4 backward pose bases: (cos - 1, sin, tx', ty') of the head roll/shift."""
+        th, tx, ty = self._pose(state)
         c, sn = math.cos(th), math.sin(th)
         return (c - 1.0, sn, -c * tx - sn * ty, -c * ty + sn * tx)
 
+    def _pose_affine(self, state: AnimationState) -> NDArray[np.float64]:
+        """(2, 3) forward head-pose affine (frame px -> frame px), about the chin."""
+        th, tx, ty = self._pose(state)
+        c, sn = math.cos(th), math.sin(th)
+        r = np.array([[c, -sn], [sn, c]])
+        t = self._pivot - r @ self._pivot + (tx, ty)
+        return np.concatenate([r, t[:, None]], 1)
+
     def _pose_shift(self, state: AnimationState, at: NDArray[np.float64]) -> tuple[int, int]:
         """Integer forward pose displacement (px) of the point ``at``."""
-        W, H = self._size
-        th = _clamp(state.head_roll, -0.3, 0.3)
-        tx = _clamp(state.head_dx, -0.15, 0.15) * W + math.sin(_clamp(state.head_yaw, -0.6, 0.6)) * 0.05 * W
-        ty = _clamp(state.head_dy, -0.15, 0.15) * H + math.sin(_clamp(state.head_pitch, -0.6, 0.6)) * 0.04 * H
-        ty -= _clamp(state.breath, 0.0, 1.0) * 0.002 * H
-        u = at - self._pivot
-        c, sn = math.cos(th), math.sin(th)
-        return (round(c * u[0] - sn * u[1] - u[0] + tx), round(sn * u[0] + c * u[1] - u[1] + ty))
+        m = self._pose_affine(state)
+        d = m[:, :2] @ at + m[:, 2] - at
+        return (round(float(d[0])), round(float(d[1])))
 
     def render(self, state: AnimationState) -> NDArray[np.uint8]:
         """Draw one frame: (H, W, 4) uint8 RGBA (an internal buffer, reused next call)."""
@@ -809,18 +858,6 @@ class PhotoRenderer:
             step = np.stack([(jy[:, 1] * r[:, 0] - jy[:, 0] * r[:, 1]) / det, (-jx[:, 1] * r[:, 0] + jx[:, 0] * r[:, 1]) / det], -1)
             y = y + np.clip(step, -4.0, 4.0)
         return y
-
-    def _pose_affine(self, state: AnimationState) -> NDArray[np.float64]:
-        """(2, 3) forward head-pose affine (frame px -> frame px)."""
-        W, H = self._size
-        th = _clamp(state.head_roll, -0.3, 0.3)
-        tx = _clamp(state.head_dx, -0.15, 0.15) * W + math.sin(_clamp(state.head_yaw, -0.6, 0.6)) * 0.05 * W
-        ty = _clamp(state.head_dy, -0.15, 0.15) * H + math.sin(_clamp(state.head_pitch, -0.6, 0.6)) * 0.04 * H
-        ty -= _clamp(state.breath, 0.0, 1.0) * 0.002 * H
-        c, sn = math.cos(th), math.sin(th)
-        r = np.array([[c, -sn], [sn, c]])
-        t = self._pivot - r @ self._pivot + (tx, ty)
-        return np.concatenate([r, t[:, None]], 1)
 
     def _mouth(self, work: NDArray[np.uint8], p: NDArray[np.float32], state: AnimationState, maps: NDArray[np.float32]) -> None:
         """Composite the mouth interior inside the deformed inner-lip polygon.
