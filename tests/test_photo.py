@@ -191,13 +191,13 @@ def test_broken_avatar_folder_is_an_error(tmp_path: Path) -> None:
         PhotoRenderer(tmp_path, (512, 512))
 
 
-def test_rendering_never_imports_mediapipe(astro_dir: Path) -> None:
+def test_rendering_imports_neither_mediapipe_nor_scipy(astro_dir: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
         "from server.render.photo import PhotoRenderer\n"
         "from server.pipeline.types import AnimationState\n"
         f"r = PhotoRenderer(Path({str(astro_dir)!r}), (256, 256)); r.render(AnimationState(jaw_open=0.5))\n"
-        "print('mediapipe' in sys.modules)\n"
+        "print('mediapipe' in sys.modules, 'scipy' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"  # neither mediapipe nor scipy at render time
