@@ -13,6 +13,8 @@ class RollingStats:
     def __init__(self, maxlen: int = 3000) -> None:
         self._values: deque[float] = deque(maxlen=maxlen)
         self.count = 0  # all samples ever added
+        self._cached: dict[str, float | None] | None = None
+        self._cached_at = 0
 
     def add(self, value: float) -> None:
         """Record one sample."""
@@ -31,7 +33,14 @@ class RollingStats:
         return float(np.percentile(np.fromiter(self._values, float), q))
 
     def summary(self) -> dict[str, float | None]:
-        """``{"p50", "p95", "n"}`` rounded to 0.1."""
+        """``{"p50", "p95", "n"}`` rounded to 0.1 (recomputed at most every 16 new samples)."""
+        if self._cached is not None and self.count - self._cached_at < 16:
+            return self._cached
+        self._cached = self._summary()
+        self._cached_at = self.count
+        return self._cached
+
+    def _summary(self) -> dict[str, float | None]:
         p50, p95 = self.percentile(50), self.percentile(95)
         return {
             "p50": None if p50 is None else round(p50, 1),
