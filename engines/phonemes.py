@@ -198,7 +198,7 @@ _ESPEAK_CONSONANTS: Final[dict[str, tuple[str, ...]]] = {
     "s.": ("CH",), "z.": ("CH",), "ts.": ("CH",), "dz.": ("CH",),  # retroflex (cmn sh zh ch r)
     # palatal, velar, uvular, pharyngeal and glottal consonants: no lip gesture
     "k": ("kk",), "g": ("kk",), "q": ("kk",), "x": ("kk",), "X": ("kk",), "G": ("kk",),
-    "N": ("kk",), "N\\": ("kk",), "h": ("kk",), "H": ("kk",), "?": ("kk",), "c": ("kk",),
+    "N": ("kk",), "N\\": ("kk",), "ng": ("kk",), "h": ("kk",), "H": ("kk",), "?": ("kk",), "c": ("kk",),
     "J": ("kk",), "gH": ("kk",), "ky": ("kk",), "<h>": ("kk",), "#": ("kk",), "#X2": ("kk",),
     # glides
     "j": ("I",), "_j": ("I",), "w": ("U",),

@@ -136,6 +136,29 @@ def list_variants(data_dir: Path = DEFAULT_DATA) -> list[str]:
     return sorted(p.name for p in vdir.iterdir() if p.is_file() and " " not in p.name)
 
 
+_VOWEL_START = frozenset("aAeEiIoOuUV03@&Yy8W")
+
+
+def split_merged_liquids(phones: list[Phone], share: float = 0.4) -> list[Phone]:
+    """Give a zero-length post-vocalic ``l`` the last ``share`` of the vowel before it.
+
+    espeak-ng renders vowel + l ("sells", "almost") as one formant glide and reports the ``l``
+    with zero duration at the end of the vowel (13 % of English ``l`` events); the l-coloured
+    end of that glide is where the tongue rises, so it is labelled as the ``l``.
+    """
+    out = list(phones)
+    for k in range(1, len(out)):
+        ph, prev = out[k], out[k - 1]
+        if ph.end > ph.start or not ph.name.startswith("l") or not prev.name or prev.name[0] not in _VOWEL_START:
+            continue
+        if prev.end != ph.start or prev.end - prev.start < 4:
+            continue
+        cut = prev.end - int(round((prev.end - prev.start) * share))
+        out[k - 1] = Phone(prev.name, prev.start, cut)
+        out[k] = Phone(ph.name, cut, ph.end)
+    return out
+
+
 class Espeak:
     """The process's espeak-ng engine (synchronous, phoneme events on)."""
 
@@ -232,6 +255,7 @@ class Espeak:
             end = evs[k + 1][0] if k + 1 < len(evs) else n22
             start, end = min(start, n22), min(end, n22)
             phones22.append(Phone(name, start, end))
+        phones22 = split_merged_liquids(phones22)
         if out_rate == ESPEAK_RATE:
             return Synthesis(audio22, ESPEAK_RATE, phones22, voice, lang, text)
         if out_rate != SAMPLE_RATE:

@@ -31,10 +31,11 @@ import numpy as np
 
 from engines.corpus.augment import AugmentConfig, NoiseBank, augment
 from engines.corpus.espeak import Espeak, list_variants
+from engines.corpus.festival import FestivalRequest, synth_batch
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
 from engines.corpus.text import TextSource
 from engines.features import logmel
-from engines.phonemes import espeak_to_visemes
+from engines.phonemes import espeak_to_visemes, festival_to_visemes
 from engines.spec import SAMPLE_RATE
 
 # English accents (espeak voice names) with weights; real evaluation speech is English.
@@ -66,6 +67,7 @@ class GenConfig:
     english_fraction: float = 0.55
     p_no_variant: float = 0.15
     p_clean: float = 0.08  # utterances left unaugmented except silence padding and gain
+    festival_fraction: float = 0.15  # of a training shard's utterances (0 in --val)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     shard_seconds: float = SHARD_SECONDS
 
@@ -127,11 +129,33 @@ def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource
     return Utt(syn.audio, segs, syn.lang, voice, "espeak", text)
 
 
+def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> list[Utt]:
+    """``n`` English festival utterances (kal_diphone 40 %, us-slt-hts 60 %) in one batch."""
+    if n <= 0:
+        return []
+    reqs = []
+    for _ in range(n):
+        voice = "kal_diphone" if rng.random() < 0.4 else "us-slt-hts"
+        text, _ = texts.pick("en-us", rng)
+        reqs.append(FestivalRequest(text, voice, float(rng.uniform(0.8, 1.3))))
+    out = []
+    for req, syn in zip(reqs, synth_batch(reqs), strict=True):
+        if syn is None or syn.audio.shape[0] < SAMPLE_RATE // 5:
+            continue
+        segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], festival_to_visemes)
+        out.append(Utt(syn.audio, attach_closures(segs, syn.audio), "en-us", req.voice, "festival", req.text))
+    return out
+
+
 def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
     """All arrays of shard ``index``: deterministic from (cfg, index)."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val)]))
     bank = NoiseBank.load(cfg.augment.dev_speech)
     texts = TextSource()
+    # Festival utterances are made in one batch (one festival process) and mixed in at random.
+    frac = 0.0 if cfg.val else cfg.festival_fraction
+    expected = cfg.shard_seconds / 6.0  # ~6 s per augmented utterance
+    pending = festival_utterances(rng, int(round(expected * frac)), texts)
     arrays: dict[str, np.ndarray] = {}
     langs: list[str] = []
     voices: list[str] = []
@@ -145,7 +169,10 @@ def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
     )
     while total < cfg.shard_seconds:
         try:
-            utt = espeak_utterance(rng, cfg, texts)
+            if pending and rng.random() < frac * 1.3:
+                utt = pending.pop()
+            else:
+                utt = espeak_utterance(rng, cfg, texts)
         except KeyError as exc:  # a phoneme without a viseme: never silently mislabel
             print(f"shard {index}: skipped an utterance: {exc}", file=sys.stderr, flush=True)
             continue

@@ -1,0 +1,123 @@
+"""Festival speech with phone times: kal_diphone and cmu_us_slt_arctic_hts (us-slt-hts).
+
+One ``festival -b`` process synthesizes a batch of utterances from a generated Scheme script:
+each utterance's wave is saved and its Segment relation printed (phone name and ``end`` time in
+seconds). A phone starts where the previous one ends (the first at 0). Audio is resampled to
+16 kHz (kal: 16 kHz native, slt-hts: 32 kHz) and times converted to samples.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from engines.corpus.espeak import Phone, Synthesis
+from engines.spec import SAMPLE_RATE
+
+# voice name -> the Scheme call that selects it
+FESTIVAL_VOICES: dict[str, str] = {
+    "kal_diphone": "(voice_kal_diphone)",
+    "us-slt-hts": "(voice_cmu_us_slt_arctic_hts)",
+}
+# Duration_Stretch is honoured by the diphone voice only (HTS keeps its own durations).
+STRETCH_VOICES = frozenset({"kal_diphone"})
+
+
+class FestivalError(RuntimeError):
+    """festival is missing, failed, or its output could not be parsed."""
+
+
+@dataclass(frozen=True)
+class FestivalRequest:
+    """One utterance to synthesize: ``stretch`` > 1 slows speech (kal_diphone only)."""
+
+    text: str
+    voice: str
+    stretch: float = 1.0
+
+
+def _scheme_string(text: str) -> str:
+    """ASCII-only Scheme string literal (festival's front end reads bytes as Latin-1)."""
+    ascii_text = text.encode("ascii", errors="ignore").decode()
+    ascii_text = re.sub(r"\s+", " ", ascii_text).strip()
+    return '"' + ascii_text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _script(requests: list[FestivalRequest], workdir: Path) -> str:
+    lines = []
+    for i, req in enumerate(requests):
+        if req.voice not in FESTIVAL_VOICES:
+            raise ValueError(f"unknown festival voice {req.voice!r}; known: {sorted(FESTIVAL_VOICES)}")
+        stretch = req.stretch if req.voice in STRETCH_VOICES else 1.0
+        wav = workdir / f"{i}.wav"
+        lines.append(
+            f"(unwind-protect (begin {FESTIVAL_VOICES[req.voice]}"
+            f" (Parameter.set 'Duration_Stretch {stretch:.3f})"
+            f" (set! utt (Utterance Text {_scheme_string(req.text)}))"
+            f" (utt.synth utt)"
+            f' (utt.save.wave utt "{wav}" \'riff)'
+            f' (format t "UTT {i}\\n")'
+            f" (mapcar (lambda (s) (format t \"SEG %s %f\\n\" (item.name s) (item.feat s \"end\")))"
+            f" (utt.relation.items utt 'Segment)))"
+            f' (format t "FAIL {i}\\n"))'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
+    if sr == SAMPLE_RATE:
+        return x.astype(np.float32)
+    g = gcd(SAMPLE_RATE, sr)
+    return resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
+
+
+def synth_batch(requests: list[FestivalRequest], timeout_s: float = 600.0) -> list[Synthesis | None]:
+    """Synthesize ``requests`` in one festival process; None where festival failed on one."""
+    exe = shutil.which("festival")
+    if exe is None:
+        raise FestivalError("festival is not installed (Debian festival, festvox-kallpc16k, festvox-us-slt-hts)")
+    if not requests:
+        return []
+    with tempfile.TemporaryDirectory(prefix="festival-") as tmp:
+        workdir = Path(tmp)
+        script = workdir / "batch.scm"
+        script.write_text(_script(requests, workdir))
+        proc = subprocess.run(
+            [exe, "-b", str(script)], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+        if proc.returncode != 0:
+            raise FestivalError(f"festival exited {proc.returncode}: {proc.stderr[-500:]}")
+        ends: dict[int, list[tuple[str, float]]] = {}
+        current: int | None = None
+        for line in proc.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "UTT":
+                current = int(parts[1])
+                ends[current] = []
+            elif len(parts) == 3 and parts[0] == "SEG" and current is not None:
+                ends[current].append((parts[1], float(parts[2])))
+        out: list[Synthesis | None] = []
+        for i, req in enumerate(requests):
+            wav = workdir / f"{i}.wav"
+            if i not in ends or not wav.exists() or not ends[i]:
+                out.append(None)
+                continue
+            x, sr = sf.read(wav, dtype="float32", always_2d=True)
+            audio = _to_16k(x.mean(axis=1), sr)
+            phones: list[Phone] = []
+            prev = 0
+            for name, end_s in ends[i]:
+                end = min(int(round(end_s * SAMPLE_RATE)), audio.shape[0])
+                phones.append(Phone(name, prev, max(end, prev)))
+                prev = max(end, prev)
+            out.append(Synthesis(audio, SAMPLE_RATE, phones, req.voice, "en-us", req.text))
+        return out
