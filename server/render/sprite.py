@@ -530,11 +530,12 @@ class SpriteRenderer:
         base = np.empty((h, w, 4), np.uint8)
         base[...] = (*bg_rgb, 255)
         if pack.background is not None:
-            bg = np.zeros((h, w, 4), np.uint8)
-            bgs = scaled(pack.background)
-            x0, y0 = round(ox), round(oy)
-            bg[y0 : y0 + bgs.shape[0], x0 : x0 + bgs.shape[1]] = bgs[: h - y0, : w - x0]
-            _Layer.make(bg, 0, 0).draw(base)
+            # The background covers the whole frame (cropped when the aspect ratios differ).
+            cs = max(w / cw, h / ch)
+            bw, bh = max(w, round(cw * cs)), max(h, round(ch * cs))
+            bgs = cv2.resize(pack.background, (bw, bh), interpolation=cv2.INTER_AREA if cs < 1 else cv2.INTER_LINEAR)
+            bx, by = (bw - w) // 2, (bh - h) // 2
+            _Layer.make(np.ascontiguousarray(bgs[by : by + h, bx : bx + w]), 0, 0).draw(base)
         self._bases: list[NDArray[np.uint8]] = []
         body = scaled(pack.body) if pack.body is not None else None
         for i in range(BREATH_LEVELS):
