@@ -617,7 +617,7 @@ class PhotoRenderer:
             raise AvatarError(f"render size {size} out of range (16..4096 px per side)")
         self._size = (W, H)
         rw, rh = meta["size"]
-        s = min(W / rw, H / rh)
+        s = max(W / rw, H / rh)  # cover: crop the portrait rather than pad it
         offx, offy = (W - rw * s) / 2.0, (H - rh * s) / 2.0
         place = np.array([[s, 0, offx], [0, s, offy]], np.float64)
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
