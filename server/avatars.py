@@ -66,6 +66,7 @@ class AvatarRegistry:
         # Photo renderers are costly to set up (~0.5 s): keep one prototype per (folder, size,
         # landmarks.json mtime) and hand out clones that share its read-only data.
         self._photo_protos: dict[tuple[str, tuple[int, int], float], Any] = {}
+        self._packs: dict[tuple[str, float], Any] = {}  # loaded sprite packs (read-only)
 
     @property
     def photo_dir(self) -> Path:
@@ -147,10 +148,18 @@ class AvatarRegistry:
             renderer: Renderer = factory(size)
             return renderer
         if info.kind == "sprite":
-            from server.render.sprite import make_sprite_renderer
+            from server.render.sprite import SpriteRenderer, load_pack
 
             assert info.path is not None
-            return make_sprite_renderer(info.path, size)
+            stamp = max((f.stat().st_mtime for f in info.path.iterdir() if f.is_file()), default=0.0)
+            pkey = (str(info.path), stamp)
+            pack = self._packs.get(pkey)
+            if pack is None:
+                pack = load_pack(info.path)  # validates; raises AvatarError listing problems
+                if len(self._packs) >= 8:
+                    self._packs.pop(next(iter(self._packs)))
+                self._packs[pkey] = pack
+            return SpriteRenderer(pack, size)
         from server.render.photo import PhotoRenderer
 
         assert info.path is not None
