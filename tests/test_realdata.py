@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from engines.phonemes import timit_to_visemes
 from engines.realdata import (
     ALIGN_TEXTS,
+    RealUtterance,
     load_aligned_set,
     load_reference_set,
     phone_agreement,
@@ -40,11 +42,11 @@ def test_every_dev_phone_maps_to_a_viseme() -> None:
 
 
 @pytest.fixture(scope="module")
-def reference() -> list:
+def reference() -> list[RealUtterance]:
     return load_reference_set(DEV_SPEECH)
 
 
-def test_reference_set(reference: list) -> None:
+def test_reference_set(reference: list[RealUtterance]) -> None:
     assert [u.name for u in reference] == sorted(f"spk{s}_snt{i}" for s in (1, 2) for i in range(1, 5))
     for u in reference:
         assert u.audio.dtype == np.float32 and u.audio.ndim == 1
@@ -60,17 +62,17 @@ def test_reference_set(reference: list) -> None:
     assert centre_hops and all(snt1.labels[t] == VISEME_INDEX["CH"] for t in centre_hops)
 
 
-def test_root_is_configurable(tmp_path) -> None:
+def test_root_is_configurable(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_reference_set(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def aligned() -> list:
+def aligned() -> list[RealUtterance]:
     return load_aligned_set(DEV_SPEECH)
 
 
-def test_pocketsphinx_alignment_is_monotonic_and_inside_audio(aligned: list) -> None:
+def test_pocketsphinx_alignment_is_monotonic_and_inside_audio(aligned: list[RealUtterance]) -> None:
     assert [u.name for u in aligned] == ["spk1_snt5", "spk2_snt5"]
     for u in aligned:
         prev_end = 0
@@ -82,7 +84,7 @@ def test_pocketsphinx_alignment_is_monotonic_and_inside_audio(aligned: list) -> 
         assert (u.labels != VISEME_INDEX["sil"]).mean() > 0.6
 
 
-def test_pocketsphinx_phones_agree_with_given_phone_strings(aligned: list) -> None:
+def test_pocketsphinx_phones_agree_with_given_phone_strings(aligned: list[RealUtterance]) -> None:
     with (DEV_SPEECH / "ASR_dev.json").open() as f:
         dev = json.load(f)
     for u in aligned:
@@ -92,7 +94,7 @@ def test_pocketsphinx_phones_agree_with_given_phone_strings(aligned: list) -> No
     assert phone_agreement(dev["spk2_snt5"]["phn"].split(), "K EH N P EH R Z L AE K".split()) < 0.5
 
 
-def test_pocketsphinx_boundaries_fit_the_audio(aligned: list) -> None:
+def test_pocketsphinx_boundaries_fit_the_audio(aligned: list[RealUtterance]) -> None:
     """Sibilant hops hiss (energy above 4 kHz), vowel hops do not."""
     for u in aligned:
         hf = _hf_share(u.audio)

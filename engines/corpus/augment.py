@@ -38,8 +38,8 @@ class AugmentConfig:
     speed_range: tuple[float, float] = (0.85, 1.18)  # playback-rate factor (>1: faster)
     p_pitch: float = 0.2
     pitch_semitones: tuple[float, float] = (-3.0, 3.0)
-    lead_silence_s: tuple[float, float] = (0.05, 1.2)
-    trail_silence_s: tuple[float, float] = (0.05, 1.0)
+    lead_silence_s: tuple[float, float] = (0.05, 0.8)
+    trail_silence_s: tuple[float, float] = (0.05, 0.6)
     p_reverb: float = 0.35
     p_real_rir: float = 0.5  # of reverberated utterances, fraction using the real RIRs
     rt60_s: tuple[float, float] = (0.15, 0.8)
@@ -107,7 +107,11 @@ def speed(audio: Audio, segs: list[Segment], factor: float) -> tuple[Audio, list
 
 
 def pitch_shift(audio: Audio, semitones: float) -> Audio:
-    """Shift pitch, keeping duration: resample then WSOLA time-stretch back (labels unchanged)."""
+    """Shift pitch AND formants by ``semitones``, keeping duration (labels unchanged).
+
+    Resampling moves every frequency (a shorter or longer vocal tract and a higher or lower
+    voice); WSOLA then stretches back to the original length without changing the spectrum.
+    """
     factor = float(2.0 ** (semitones / 12.0))
     frac = Fraction(factor).limit_denominator(64)
     # Resampling by down/up raises pitch by frac and shortens by 1/frac.

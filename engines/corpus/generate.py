@@ -33,7 +33,7 @@ from engines.corpus.augment import AugmentConfig, NoiseBank, augment
 from engines.corpus.espeak import Espeak, list_variants
 from engines.corpus.festival import FestivalRequest, synth_batch
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
-from engines.corpus.text import TextSource
+from engines.corpus.text import TextSource, fortunes, words
 from engines.features import logmel
 from engines.phonemes import espeak_to_visemes, festival_to_visemes
 from engines.spec import SAMPLE_RATE
@@ -210,6 +210,15 @@ def _write_shard(args: tuple[GenConfig, int, str]) -> tuple[int, float, int]:
     return index, hops / 100.0, len(arrays["lang"])
 
 
+def warm_text_caches(cfg: GenConfig) -> None:
+    """Read the fortune databases and word lists of every language ``cfg`` can pick."""
+    en = VAL_EN_ACCENTS if cfg.val else TRAIN_EN_ACCENTS
+    others = cfg.langs if cfg.langs is not None else (VAL_LANGS if cfg.val else TRAIN_LANGS)
+    for lang in [*en, *others]:
+        fortunes(lang)
+        words(lang)
+
+
 def _shard_process(cfg: GenConfig, index: int, out: str) -> None:
     """Child-process body: write one shard (exits non-zero on any error)."""
     _write_shard((cfg, index, out))
@@ -225,6 +234,7 @@ def generate(cfg: GenConfig, out: Path, minutes: float, jobs: int = 1, retries: 
     """
     out.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, math.ceil(minutes * 60.0 / cfg.shard_seconds))
+    warm_text_caches(cfg)  # read once here; forked shard processes inherit the caches
     todo = [i for i in range(n_shards) if not (out / f"shard-{i:05d}.npz").exists()]
     attempts = dict.fromkeys(todo, 0)
     ctx = get_context("fork")
@@ -284,9 +294,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--langs", nargs="*", default=None, help="non-English espeak languages")
     ap.add_argument("--val", action="store_true", help="held-out voices and languages")
     ap.add_argument("--dev-speech", type=Path, default=None, help="folder with noise/ and rir/")
+    ap.add_argument("--festival-fraction", type=float, default=0.15, help="of training utterances")
+    ap.add_argument("--english-fraction", type=float, default=0.55)
+    ap.add_argument("--shard-seconds", type=float, default=SHARD_SECONDS)
     args = ap.parse_args(argv)
     aug = AugmentConfig() if args.dev_speech is None else AugmentConfig(dev_speech=args.dev_speech)
-    cfg = GenConfig(seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug)
+    cfg = GenConfig(
+        seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
+        festival_fraction=args.festival_fraction, english_fraction=args.english_fraction,
+        shard_seconds=args.shard_seconds,
+    )
     n = generate(cfg, args.out, args.minutes, args.jobs)
     print(f"wrote {n} shards to {args.out}", file=sys.stderr)
     return 0

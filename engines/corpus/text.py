@@ -52,6 +52,7 @@ WORDLISTS_BY_LANG: dict[str, str] = {
 
 _ATTRIBUTION = re.compile(r"^\s*(--|―|—)")
 _MAX_CHARS = 260
+_LETTER = re.compile(r"[^\W\d_]")
 _MAX_WORDS = 150_000
 
 
@@ -66,7 +67,7 @@ def _clean_fortune(entry: str) -> str | None:
     text = re.sub(r"\s+", " ", text).strip()
     if len(text) < 12:
         return None
-    letters = sum(ch.isalpha() for ch in text)
+    letters = len(_LETTER.findall(text))
     if letters < 0.6 * len(text):  # ascii art, code, tables
         return None
     if len(text) > _MAX_CHARS:
