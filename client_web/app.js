@@ -49,6 +49,7 @@ const client = {
   firstFrameAt: null,
   startedAt: null,
   lastError: null,        // {code, title, text}
+  timings: {},            // ms after Start of each step: mic, socket, welcome, gathered, answer, connected, firstFrame
 };
 window.avatarClient = client;
 
@@ -308,10 +309,12 @@ function openSocket(c) {
     }
     c.ws = ws;
     let opened = false;
-    ws.onopen = () => { opened = true; resolve(ws); };
-    ws.onerror = () => { if (!opened) reject(new Error("WebSocket error")); };
+    // settled by the socket, or by teardown() when the call ends first
+    c.waiters.socket = (value, err) => { delete c.waiters.socket; if (err) reject(err); else resolve(value); };
+    ws.onopen = () => { opened = true; c.waiters.socket?.(ws); };
+    ws.onerror = () => { if (!opened) c.waiters.socket?.(null, new Error("WebSocket error")); };
     ws.onclose = (ev) => {
-      if (!opened) { reject(new Error(`WebSocket closed (${ev.code})`)); return; }
+      if (!opened) { c.waiters.socket?.(null, new Error(`WebSocket closed (${ev.code})`)); return; }
       onSocketClosed(c, ev);
     };
     ws.onmessage = (ev) => onSocketMessage(c, ev);
@@ -504,6 +507,7 @@ function watchFirstFrame(c) {
     if (c !== call || c.closed || client.firstFrameAt != null) return;
     client.firstFrameAt = performance.now();
     client.stats.firstFrameMs = client.firstFrameAt - client.startedAt;
+    client.timings.firstFrame = Math.round(client.stats.firstFrameMs);
     ui.statFirst.textContent = client.stats.firstFrameMs.toFixed(0);
     setState("live");
     clearMessage();
@@ -565,6 +569,36 @@ function gatherComplete(pc, timeoutMs) {
   });
 }
 
+/** Open the microphone for call ``c``; false (and the call failed with a human message) if it cannot. */
+async function acquireMic(c, mark) {
+  let stream = null;
+  let error = null;
+  try {
+    stream = await openMic(ui.micSelect.value || undefined);
+  } catch (err) {
+    error = err;
+    if (err && err.name === "OverconstrainedError" && ui.micSelect.value) {
+      try { stream = await openMic(undefined); } catch (err2) { error = err2; }
+    }
+  }
+  if (c !== call || c.closed) {
+    if (stream) for (const t of stream.getTracks()) t.stop();
+    return false;
+  }
+  if (!stream) {
+    const [title, text, code] = micErrorMessage(error);
+    fail(c, title, text, { code });
+    return false;
+  }
+  c.stream = stream;
+  mark("mic");
+  const track = stream.getAudioTracks()[0];
+  watchMicTrack(c, track);
+  startMeter(c, stream);
+  refreshDevices(track).catch(() => {});
+  return true;
+}
+
 async function start() {
   if (call && !call.closed) teardown(call, { sendBye: true });
   clearMessage();
@@ -578,6 +612,8 @@ async function start() {
   client.startedAt = performance.now();
   client.firstFrameAt = null;
   client.lastError = null;
+  client.timings = {};
+  const mark = (name) => { if (c === call) client.timings[name] = Math.round(performance.now() - client.startedAt); };
   Object.assign(client.stats, {
     fps: null, framesDecoded: 0, rttMs: null, iceRttMs: null, serverFps: null, latencyP50: null,
     latencyP95: null, visemeMessages: 0, viseme: "sil", speaking: false, session: null, firstFrameMs: null,
@@ -586,30 +622,16 @@ async function start() {
   ui.badgeFps.textContent = "— fps";
   setState("connecting");
 
-  // 1. microphone
   if (!navigator.mediaDevices?.getUserMedia) {
     fail(c, "Microphone needs a secure page",
       "Browsers only share the microphone with https:// pages or http://localhost. Open this page through localhost (or https) and try again.",
       { retry: false, code: "insecure" });
     return;
   }
-  try {
-    c.stream = await openMic(ui.micSelect.value || undefined);
-  } catch (err) {
-    if (err && err.name === "OverconstrainedError" && ui.micSelect.value) {
-      try { c.stream = await openMic(undefined); } catch (err2) { err = err2; }
-    }
-    if (!c.stream) {
-      const [title, text, code] = micErrorMessage(err);
-      fail(c, title, text, { code });
-      return;
-    }
-  }
-  if (c !== call || c.closed) { c.stream.getTracks().forEach((t) => t.stop()); return; }
-  const micTrack = c.stream.getAudioTracks()[0];
-  watchMicTrack(c, micTrack);
-  startMeter(c, c.stream);
-  refreshDevices(micTrack).catch(() => {});
+
+  // 1. the microphone and the signaling run in parallel (the permission prompt can take a while);
+  //    the mic track joins the audio sender whenever it is ready
+  const micReady = acquireMic(c, mark);
 
   // 2. signaling socket
   let welcomeMsg;
@@ -617,7 +639,9 @@ async function start() {
     const welcome = waitFor(c, "welcome", WELCOME_TIMEOUT_MS, "the server's welcome");
     welcome.catch(() => {});
     await openSocket(c);
+    mark("socket");
     welcomeMsg = await welcome;
+    mark("welcome");
   } catch (err) {
     fail(c, "Can't reach the avatar server",
       `No connection to ${location.host}. Check that the server is running and reachable, then press Retry.`,
@@ -633,7 +657,13 @@ async function start() {
   const dc = pc.createDataChannel("visemes", { ordered: false, maxRetransmits: 0 });
   c.dc = dc;
   dc.onmessage = (ev) => { if (c === call && !c.closed) onVisemes(c, ev.data); };
-  c.audioSender = pc.addTransceiver(micTrack, { direction: "sendonly", streams: [c.stream] }).sender;
+  const micTrack = c.stream ? c.stream.getAudioTracks()[0] : null;
+  c.audioSender = pc.addTransceiver(micTrack ?? "audio", { direction: "sendonly", streams: c.stream ? [c.stream] : [] }).sender;
+  micReady.then((ok) => {
+    if (ok && c === call && !c.closed && c.audioSender.track == null) {
+      c.audioSender.replaceTrack(c.stream.getAudioTracks()[0]).catch((e) => console.warn("replaceTrack", e));
+    }
+  });
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (ev) => {
     if (c !== call || c.closed || ev.track.kind !== "video") return;
@@ -644,6 +674,7 @@ async function start() {
   pc.onconnectionstatechange = () => {
     if (c !== call || c.closed) return;
     const s = pc.connectionState;
+    if (s === "connected" && client.timings.connected == null) mark("connected");
     if (s === "failed") {
       fail(c, "Connection failed",
         "The video link to the server could not be established or was lost (a firewall or VPN may block WebRTC). Press Retry to try again.",
@@ -665,6 +696,7 @@ async function start() {
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     await gatherComplete(pc, ICE_GATHER_TIMEOUT_MS);
+    mark("gathered");
     if (c !== call || c.closed) return;
     const answerP = waitFor(c, "answer", ANSWER_TIMEOUT_MS, "the server's answer");
     const msg = { type: "offer", sdp: pc.localDescription.sdp };
@@ -674,6 +706,7 @@ async function start() {
     sendWs(c, msg);
     const answer = await answerP;
     if (c !== call || c.closed) return;
+    mark("answer");
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   } catch (err) {
     if (c !== call || c.closed) return;
