@@ -148,7 +148,9 @@ async def capture(ctx: Any, page: Any, args: argparse.Namespace) -> tuple[list[I
         await cdp.send("Page.screencastFrameAck", {"sessionId": ev["sessionId"]})
 
     cdp.on("Page.screencastFrame", lambda ev: asyncio.ensure_future(on_frame(ev)))
-    await cdp.send("Page.startScreencast", {"format": "jpeg", "quality": 90, "everyNthFrame": 1})
+    # downscaled in the browser before encoding: cheaper on a busy machine
+    await cdp.send("Page.startScreencast", {"format": "jpeg", "quality": 90, "everyNthFrame": 1,
+                                            "maxWidth": args.width, "maxHeight": 4 * args.width})
     await asyncio.sleep(args.seconds)
     await cdp.send("Page.stopScreencast")
     await asyncio.sleep(0.2)
@@ -159,13 +161,37 @@ async def capture(ctx: Any, page: Any, args: argparse.Namespace) -> tuple[list[I
             continue
         img = Image.open(io.BytesIO(data)).convert("RGB")
         if clip is not None:
-            sx = img.width / args.viewport[0]
+            sx = img.width / args.viewport[0]  # screencast frames may be downscaled
             img = img.crop((int(clip["x"] * sx), int(clip["y"] * sx), int((clip["x"] + clip["width"]) * sx),
                             int((clip["y"] + clip["height"]) * sx)))
         frames.append(img)
         stamps.append(t)
         next_t = (next_t if next_t > 0 else t) + args.interval
     return frames, stamps
+
+
+async def best_screenshot(page: Any, path: Path, tries: int) -> None:
+    """Save the page screenshot (PNG) whose avatar mouth is the most open among ``tries`` shots.
+
+    A README picture of a speaking avatar; openness is measured on the stage region with
+    ``server.render.measure.mouth_openness``.
+    """
+    from server.render.measure import mouth_openness
+
+    box = await page.locator("#stage").bounding_box()
+    best: tuple[float, bytes] | None = None
+    for _ in range(tries):
+        png = await page.screenshot()
+        rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        x, y, w, h = (int(round(v)) for v in (box["x"], box["y"], box["width"], box["height"]))
+        score = float(mouth_openness(np.ascontiguousarray(rgb[y:y + h, x:x + w])))
+        if best is None or score > best[0]:
+            best = (score, png)
+        await asyncio.sleep(0.05)
+    assert best is not None
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(path.write_bytes, best[1])
+    print(f"wrote {path} (mouth openness {best[0]:.2f}, best of {tries})")
 
 
 async def record(args: argparse.Namespace) -> None:
@@ -207,9 +233,7 @@ async def record(args: argparse.Namespace) -> None:
                 await asyncio.sleep(args.warmup)
                 frames, stamps = await capture(ctx, page, args)
                 if args.screenshot:
-                    Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
-                    await page.screenshot(path=args.screenshot)
-                    print(f"wrote {args.screenshot}")
+                    await best_screenshot(page, Path(args.screenshot), args.shot_tries)
                 stats = (await page.evaluate("window.avatarClient"))["stats"]
                 print("page stats:", json.dumps(stats))
                 await page.click("#btn-stop")
@@ -234,6 +258,7 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=0.1, help="s between screenshots")
     p.add_argument("--warmup", type=float, default=0.3, help="s after going live before recording")
     p.add_argument("--clip", choices=("page", "stage"), default="page")
+    p.add_argument("--shot-tries", type=int, default=30, help="screenshots to pick the most open mouth from")
     p.add_argument("--method", choices=("screencast", "screenshot"), default="screencast")
     p.add_argument("--width", type=int, default=720, help="GIF width in px")
     p.add_argument("--viewport", type=int, nargs=2, default=(1280, 860), metavar=("W", "H"))
