@@ -256,7 +256,7 @@ def main() -> None:
     p.add_argument("--avatar", help="avatar name (default: the server's default)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the GIF")
     p.add_argument("--interval", type=float, default=0.1, help="s between screenshots")
-    p.add_argument("--warmup", type=float, default=0.3, help="s after going live before recording")
+    p.add_argument("--warmup", type=float, default=1.5, help="s after going live before recording")
     p.add_argument("--clip", choices=("page", "stage"), default="page")
     p.add_argument("--shot-tries", type=int, default=30, help="screenshots to pick the most open mouth from")
     p.add_argument("--method", choices=("screencast", "screenshot"), default="screencast")

@@ -324,6 +324,41 @@ async def test_photo_upload_needs_consent_and_shows_refusal(server: Server, tmp_
         assert errors == [], errors
 
 
+async def test_failed_connection_offers_retry_that_works(server: Server, speech_wav: Path, tmp_path: Path) -> None:
+    async with browser_page(tmp_path, server.url, speech_wav) as (page, errors):
+        # keep a handle on the page's peer connections to play the browser's "failed" event
+        await page.add_init_script("""(() => {
+          const Orig = window.RTCPeerConnection;
+          window.__pcs = [];
+          window.RTCPeerConnection = function (...a) { const pc = new Orig(...a); window.__pcs.push(pc); return pc; };
+          window.RTCPeerConnection.prototype = Orig.prototype;
+        })();""")
+        await page.goto(server.url + "/")
+        await page.click("#btn-start")
+        await page.wait_for_function(
+            "() => ['live', 'error'].includes(document.body.dataset.state)", timeout=30_000)
+        assert await body_state(page) == "live", await page.inner_text("#message")
+        # ICE/DTLS gives up (e.g. a firewall starts dropping UDP): the browser reports "failed"
+        await page.evaluate("""() => {
+          const pc = window.__pcs[window.__pcs.length - 1];
+          Object.defineProperty(pc, 'connectionState', {get: () => 'failed'});
+          pc.dispatchEvent(new Event('connectionstatechange'));
+        }""")
+        assert await body_state(page) == "error"
+        assert await page.inner_text("#message-title") == "Connection failed"
+        assert "retry" in (await page.inner_text("#message-text")).lower()
+        assert await wait_sessions(server.url, 0) == 0, "the failed call was not ended on the server"
+        await page.click("#btn-retry")
+        await page.wait_for_function(
+            "() => ['live', 'error'].includes(document.body.dataset.state)", timeout=30_000)
+        assert await body_state(page) == "live", await page.inner_text("#message")
+        assert not await page.is_visible("#message")
+        assert await wait_sessions(server.url, 1) == 1
+        await page.click("#btn-stop")
+        assert await wait_sessions(server.url, 0) == 0
+        assert errors == [], errors
+
+
 async def test_server_lost_mid_call_then_retry(netns: str, speech_wav: Path, tmp_path: Path) -> None:
     srv = Server(netns, tmp_path)  # a server of its own: this test kills it
     srv.start()
