@@ -44,6 +44,7 @@ const client = {
     speaking: false,
     session: null,
     avatar: null,
+    mic: null,            // label of the microphone being sent
     firstFrameMs: null,   // firstFrameAt - startedAt
   },
   firstFrameAt: null,
@@ -265,6 +266,7 @@ async function switchMic(deviceId) {
     if (c.audioSender) await c.audioSender.replaceTrack(track);
     for (const t of c.stream.getTracks()) t.stop();
     c.stream = next;
+    client.stats.mic = track.label || "microphone";
     watchMicTrack(c, track);
     startMeter(c, next);
     announce(`Microphone: ${track.label || "switched"}`);
@@ -593,6 +595,7 @@ async function acquireMic(c, mark) {
   c.stream = stream;
   mark("mic");
   const track = stream.getAudioTracks()[0];
+  client.stats.mic = track.label || "microphone";
   watchMicTrack(c, track);
   startMeter(c, stream);
   refreshDevices(track).catch(() => {});

@@ -287,6 +287,22 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         assert (await page.inner_text("#stat-fps")).strip() != "—"
         assert get_json(server.url + "/healthz")["sessions"] == 1
 
+        # switch the microphone live (replaceTrack): the new input is sent and heard
+        options = await page.eval_on_selector_all("#mic-select option", "os => os.map(o => [o.value, o.text])")
+        assert len(options) >= 2, f"chromium's fake devices should list several inputs: {options}"
+        current = await page.input_value("#mic-select")
+        value, label = next((v, t) for v, t in options if v != current)
+        await page.select_option("#mic-select", value)
+        await page.wait_for_function("l => window.avatarClient.stats.mic === l", arg=label, timeout=10_000)
+        n0 = await page.evaluate("window.avatarClient.stats.visemeMessages")
+        # the server's VAD goes quiet in a pause of the looping WAV and hears speech again
+        await page.evaluate("window.__sawPause = false")
+        await page.wait_for_function(
+            "() => { const s = window.avatarClient.stats.speaking; if (!s) window.__sawPause = true;"
+            " return window.__sawPause && s; }", polling=50, timeout=15_000)
+        assert await body_state(page) == "live"
+        assert await page.evaluate("window.avatarClient.stats.visemeMessages") > n0
+
         # Stop: the page says stopped and the server drops the session
         await page.click("#btn-stop")
         assert await body_state(page) == "stopped"
