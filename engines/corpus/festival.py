@@ -26,10 +26,21 @@ from engines.spec import SAMPLE_RATE
 # voice name -> the Scheme call that selects it
 FESTIVAL_VOICES: dict[str, str] = {
     "kal_diphone": "(voice_kal_diphone)",
+    "ked_diphone": "(voice_ked_diphone)",  # Debian festvox-kdlpc16k (optional)
     "us-slt-hts": "(voice_cmu_us_slt_arctic_hts)",
 }
-# Duration_Stretch is honoured by the diphone voice only (HTS keeps its own durations).
-STRETCH_VOICES = frozenset({"kal_diphone"})
+# voice name -> its folder under /usr/share/festival/voices/<language>/
+_VOICE_DIRS: dict[str, str] = {
+    "kal_diphone": "kal_diphone", "ked_diphone": "ked_diphone", "us-slt-hts": "cmu_us_slt_arctic_hts",
+}
+VOICES_ROOT = Path("/usr/share/festival/voices")
+# Duration_Stretch is honoured by the diphone voices only (HTS keeps its own durations).
+STRETCH_VOICES = frozenset({"kal_diphone", "ked_diphone"})
+
+
+def available_voices(root: Path = VOICES_ROOT) -> list[str]:
+    """The voices of FESTIVAL_VOICES installed under ``root`` (sorted)."""
+    return sorted(v for v, d in _VOICE_DIRS.items() if any(root.glob(f"*/{d}")))
 
 
 class FestivalError(RuntimeError):

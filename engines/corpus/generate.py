@@ -31,7 +31,7 @@ import numpy as np
 
 from engines.corpus.augment import AugmentConfig, NoiseBank, augment
 from engines.corpus.espeak import Espeak, list_variants
-from engines.corpus.festival import FestivalRequest, synth_batch
+from engines.corpus.festival import FestivalRequest, available_voices, synth_batch
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
 from engines.corpus.text import TextSource, fortunes, words
 from engines.features import logmel
@@ -129,13 +129,18 @@ def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource
     return Utt(syn.audio, segs, syn.lang, voice, "espeak", text)
 
 
+FESTIVAL_WEIGHTS: dict[str, float] = {"kal_diphone": 0.3, "ked_diphone": 0.3, "us-slt-hts": 0.4}
+
+
 def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> list[Utt]:
-    """``n`` English festival utterances (kal_diphone 40 %, us-slt-hts 60 %) in one batch."""
-    if n <= 0:
+    """``n`` English festival utterances (installed voices of FESTIVAL_WEIGHTS) in one batch."""
+    voices = [v for v in FESTIVAL_WEIGHTS if v in available_voices()]
+    if n <= 0 or not voices:
         return []
+    w = np.array([FESTIVAL_WEIGHTS[v] for v in voices])
     reqs = []
     for _ in range(n):
-        voice = "kal_diphone" if rng.random() < 0.4 else "us-slt-hts"
+        voice = voices[int(rng.choice(len(voices), p=w / w.sum()))]
         text, _ = texts.pick("en-us", rng)
         reqs.append(FestivalRequest(text, voice, float(rng.uniform(0.8, 1.3))))
     out = []
