@@ -169,7 +169,7 @@ def timit_sequence_to_visemes(phones: Sequence[str]) -> list[tuple[str, ...]]:
 # espeak-ng phoneme mnemonics (as reported in espeakEVENT_PHONEME: ASCII, Kirshenbaum-like).
 
 # Pauses and silences.
-_ESPEAK_PAUSES: Final = frozenset({"", "1", ":", ";", "_", "_:", "_::", "_!", "_|", "||", "_;_", "_^_", "_X1", "#X1", "-", "!"})
+_ESPEAK_PAUSES: Final = frozenset({"", "1", ":", "_", "_:", "_::", "_!", "_|", "||", "_;_", "_^_", "_X1", "#X1", "-", "!"})
 
 # Consonants after stripping the modifiers in _ESPEAK_CONS_MODIFIERS.
 _ESPEAK_CONSONANTS: Final[dict[str, tuple[str, ...]]] = {
@@ -200,8 +200,8 @@ _ESPEAK_CONSONANTS: Final[dict[str, tuple[str, ...]]] = {
     "k": ("kk",), "g": ("kk",), "q": ("kk",), "x": ("kk",), "X": ("kk",), "G": ("kk",),
     "N": ("kk",), "N\\": ("kk",), "ng": ("kk",), "h": ("kk",), "H": ("kk",), "?": ("kk",), "c": ("kk",),
     "J": ("kk",), "gH": ("kk",), "ky": ("kk",), "<h>": ("kk",), "#": ("kk",), "#X2": ("kk",),
-    # glides
-    "j": ("I",), "_j": ("I",), "w": ("U",),
+    # glides; ";" is English's linking y between a front vowel and a vowel ("being", "the end")
+    "j": ("I",), "_j": ("I",), "w": ("U",), ";": ("I",),
 }
 
 # Trailing modifiers of espeak consonant mnemonics: palatalised (;), variants (# 2 3 digits),
