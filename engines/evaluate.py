@@ -305,6 +305,33 @@ def plot_lookahead(path: Path, rows: list[dict[str, Any]], energy: dict[str, Any
 
 
 # --------------------------------------------------------------------------------------------
+# CPU cost.
+
+
+def bench_hop_ms(model_path: str | Path, hops_per_call: int = 1, calls: int = 3000) -> dict[str, float]:
+    """ms per hop of one stream on onnxruntime CPU (1 thread): median and p90 over ``calls`` calls."""
+    import time
+
+    from engines.runtime.onnx_cpu import OnnxCpuBackend
+
+    be = OnnxCpuBackend(model_path)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(-6.0, 3.0, (1, hops_per_call, 40)).astype(np.float32)
+    state = np.zeros((1, be.state_size), np.float32)
+    for _ in range(200):
+        _, state = be.run(feats, state)
+    times = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        _, state = be.run(feats, state)
+        times[i] = time.perf_counter() - t0
+    per_hop = times * 1000.0 / hops_per_call
+    return {"hops_per_call": hops_per_call, "median_ms_per_hop": round(float(np.median(per_hop)), 4),
+            "p90_ms_per_hop": round(float(np.percentile(per_hop, 90)), 4),
+            "min_ms_per_hop": round(float(per_hop.min()), 4)}
+
+
+# --------------------------------------------------------------------------------------------
 # CLI.
 
 
@@ -345,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     model = _load(args.model, args.engine)
+    if args.model != "energy":
+        from engines.onnx_predictor import DEFAULT_MODEL_PATH
+
+        path = DEFAULT_MODEL_PATH if args.model == "default" else Path(args.model)
+        results["cpu_cost"] = [bench_hop_ms(path, 1), bench_hop_ms(path, 2)]
+        results["model_bytes"] = path.stat().st_size
+        log.info("CPU cost (onnxruntime, 1 thread): %s", results["cpu_cost"])
     res = evaluate_model(model, val, real, args.val_limit)
     results["model"] = _strip(res)
     energy = evaluate_model(_load("energy", args.engine), val, real, args.val_limit)

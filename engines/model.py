@@ -31,7 +31,6 @@ from torch.nn import functional as F
 
 from engines.spec import N_MELS, N_VISEMES
 
-
 PEAK_OFFSET = 100.0  # nats added to frame energies kept in the peak window (all real ones > 0)
 
 

@@ -62,6 +62,19 @@ class Corpus:
         self.starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
         self.lengths = lens
         self.langs = [u.lang for u in utts]
+        # Dynamic range (nats): 95th - 5th percentile of frame energy, a proxy for the SNR.
+        self.dynamic_range = np.array([
+            float(np.subtract(*np.percentile(np.logaddexp.reduce(u.features, axis=1), [95, 5])))
+            for u in utts
+        ])
+        self.sample_p = lens / lens.sum()
+
+    def favour_clean(self, strength: float) -> None:
+        """Sample utterances ∝ length x (1 + strength x sigmoid((DR - 8) / 1.5)): cleaner more often."""
+        if strength < 0:
+            raise ValueError(f"clean-bias strength must be >= 0, got {strength}")
+        w = self.lengths * (1.0 + strength / (1.0 + np.exp(-(self.dynamic_range - 8.0) / 1.5)))
+        self.sample_p = w / w.sum()
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -146,9 +159,8 @@ def make_batch(
     """-> features (B, crop, 40) float32, targets (B, crop) int64 (IGNORE where no label)."""
     feats = np.full((batch, crop, N_MELS), SILENCE, np.float32)
     tgt = np.full((batch, crop), IGNORE, np.int64)
-    # Utterances drawn proportionally to length (every frame equally likely).
-    p = data.lengths / data.lengths.sum()
-    idx = rng.choice(len(data), size=batch, p=p)
+    # Utterances drawn by data.sample_p (proportional to length unless favour_clean was called).
+    idx = rng.choice(len(data), size=batch, p=data.sample_p)
     for b, i in enumerate(idx):
         n, s0 = int(data.lengths[i]), int(data.starts[i])
         start = 0 if (rng.random() < 1 / 3 or n <= crop) else int(rng.integers(0, n - crop + lookahead + 1))
@@ -233,6 +245,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-limit", type=int, default=300, help="max val utterances per evaluation")
     ap.add_argument("--no-real", action="store_true", help="skip the real-speech log evaluation")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--clean-bias", type=float, default=0.0,
+                    help="sample high-dynamic-range (cleaner) utterances up to 1+X times as often")
     ap.add_argument("--dev-speech", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dev-speech"),
                     help="shared dev-speech folder (its noise/*.wav are mixed into training features)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -243,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gru-layers", type=int, default=ModelConfig.gru_layers)
     ap.add_argument("--norm-window", type=int, default=ModelConfig.norm_window)
     ap.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    ap.add_argument("--norm", default=ModelConfig.norm, choices=("peak", "mean"))
     ap.add_argument("--cepstra", type=int, default=ModelConfig.cepstra, help="0: log-mel input; K: first K DCT coefficients")
     args = ap.parse_args(argv)
     if args.lookahead_ms % 10 != 0 or args.lookahead_ms < 0:
@@ -283,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     train = load_split(corpus, "train")
     val = load_split(corpus, "val") if (corpus / "val").is_dir() else None
+    if args.clean_bias > 0:
+        train.favour_clean(args.clean_bias)
     log.info("train: %d utterances, %.1f min of speech; val: %s (loaded in %.1f s)", len(train),
              train.labels.size / 6000, f"{len(val)} utterances" if val else "none", time.monotonic() - t0)
     if val is None:
@@ -301,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ModelConfig(
         lookahead_hops=la, channels=args.channels, hidden=args.hidden, kernel=args.kernel,
         conv_layers=args.conv_layers, gru_layers=args.gru_layers, norm_window=args.norm_window,
-        dropout=args.dropout, cepstra=args.cepstra,
+        dropout=args.dropout, cepstra=args.cepstra, norm=args.norm,
     )
     model = VisemeNet(cfg).to(device)
     ema = copy.deepcopy(model).eval() if args.ema > 0 else model
