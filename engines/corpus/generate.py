@@ -302,8 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--festival-fraction", type=float, default=0.15, help="of training utterances")
     ap.add_argument("--english-fraction", type=float, default=0.55)
     ap.add_argument("--shard-seconds", type=float, default=SHARD_SECONDS)
+    ap.add_argument("--aug", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="override AugmentConfig probabilities, e.g. p_pitch=0.4 p_opus=0.3")
     args = ap.parse_args(argv)
     aug = AugmentConfig() if args.dev_speech is None else AugmentConfig(dev_speech=args.dev_speech)
+    for item in args.aug:
+        name, _, value = item.partition("=")
+        if not name.startswith("p_") or not hasattr(aug, name):
+            ap.error(f"--aug {item!r}: not a probability of AugmentConfig")
+        aug = replace(aug, **{name: float(value)})
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
         festival_fraction=args.festival_fraction, english_fraction=args.english_fraction,
