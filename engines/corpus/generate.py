@@ -26,6 +26,7 @@ from functools import cache
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -310,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, _, value = item.partition("=")
         if not name.startswith("p_") or not hasattr(aug, name):
             ap.error(f"--aug {item!r}: not a probability of AugmentConfig")
-        aug = replace(aug, **{name: float(value)})
+        overrides: dict[str, Any] = {name: float(value)}
+        aug = replace(aug, **overrides)
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
         festival_fraction=args.festival_fraction, english_fraction=args.english_fraction,
