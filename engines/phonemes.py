@@ -305,9 +305,27 @@ def espeak_to_viseme(phone: str, lang: str | None = None) -> str:
 # Festival (radio/us phone set: ARPAbet in lower case, "pau" for silence; kal's "h#" too).
 
 
-def festival_to_visemes(phone: str) -> tuple[str, ...]:
-    """Festival Segment name (``radio``/``mrpa``-like ARPAbet, ``pau``) -> 1-2 visemes."""
+# festival's Italian phone set (italian_scm/italian_phoneset.scm; digit 1 = stressed vowel)
+FESTIVAL_ITALIAN: Final[dict[str, tuple[str, ...]]] = {
+    "#": ("sil",), "i": ("I",), "e": ("E",), "E": ("E",), "a": ("aa",), "o": ("O",), "O": ("O",),
+    "u": ("U",), "j": ("I",), "w": ("U",), "p": ("PP",), "b": ("PP",), "m": ("PP",),
+    "t": ("DD",), "d": ("DD",), "k": ("kk",), "g": ("kk",), "f": ("FF",), "v": ("FF",),
+    "s": ("SS",), "z": ("SS",), "ts": ("SS",), "dz": ("SS",), "S": ("CH",), "Z": ("CH",),
+    "tS": ("CH",), "dZ": ("CH",), "n": ("nn",), "J": ("nn",),  # J = ɲ ("gn")
+    "ng": ("kk",),  # ŋ before k/g
+    "nf": ("FF",),  # ɱ before f/v: lips already on the teeth
+    "l": ("nn",), "L": ("nn",), "r": ("RR",),
+}
+
+
+def festival_to_visemes(phone: str, lang: str = "en-us") -> tuple[str, ...]:
+    """Festival Segment name -> 1-2 visemes; ``lang`` "en-us" (radio ARPAbet, ``pau``) or "it"."""
     p = phone.strip()
+    if lang == "it":
+        base = p[:-1] if p.endswith("1") else p
+        if base in FESTIVAL_ITALIAN:
+            return FESTIVAL_ITALIAN[base]
+        raise KeyError(f"unknown festival Italian phone {phone!r}")
     if p in ("pau", "#", "h#", "sil", "brth"):
         return ("sil",)
     if p == "ax":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def hop_stats(audio: NDArray[np.float32], labels: NDArray[np.int8]) -> dict[str,
 
 
 def labels_of(syn: Synthesis, festival: bool = False) -> NDArray[np.int8]:
-    mapper = festival_to_visemes if festival else (lambda n: espeak_to_visemes(n, syn.lang))
+    if festival:
+        mapper = partial(festival_to_visemes, lang=syn.lang)
+    else:
+        mapper = partial(espeak_to_visemes, lang=syn.lang)
     segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], mapper)
     return segments_to_labels(attach_closures(segs, syn.audio), syn.audio.shape[0])
 

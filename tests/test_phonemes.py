@@ -100,6 +100,23 @@ def test_timit_symbols_and_closures() -> None:
         timit_to_viseme("zz")
 
 
+def test_festival_italian_phone_set() -> None:
+    scm = Path("/usr/share/festival/italian_scm/italian_phoneset.scm")
+    if not scm.is_file():
+        pytest.skip("festival Italian voices not installed")
+    text = scm.read_text(encoding="latin-1")
+    body = text[text.index("(defPhoneSet") :]
+    phones = [ln.split()[0].lstrip("(") for ln in body.splitlines()[1:]
+              if ln.strip().startswith("(") and len(ln.split()) >= 9]
+    assert len(phones) > 35
+    for p in phones:
+        assert all(v in VISEMES for v in festival_to_visemes(p, "it")), p
+    assert festival_to_visemes("J", "it") == ("nn",)  # gn, not a velar
+    assert festival_to_visemes("E1", "it") == ("E",)
+    with pytest.raises(KeyError, match="Italian"):
+        festival_to_visemes("pau", "it")
+
+
 def test_festival_phones() -> None:
     assert festival_to_visemes("pau") == ("sil",)
     assert festival_to_visemes("ay") == ("aa", "I")

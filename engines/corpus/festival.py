@@ -28,14 +28,22 @@ FESTIVAL_VOICES: dict[str, str] = {
     "kal_diphone": "(voice_kal_diphone)",
     "ked_diphone": "(voice_ked_diphone)",  # Debian festvox-kdlpc16k (optional)
     "us-slt-hts": "(voice_cmu_us_slt_arctic_hts)",
+    "it-lp_diphone": "(voice_lp_diphone)",  # Debian festvox-italp16k (optional)
+    "it-pc_diphone": "(voice_pc_diphone)",  # Debian festvox-itapc16k (optional)
+}
+# voice name -> language of its text and phone set
+VOICE_LANG: dict[str, str] = {
+    "kal_diphone": "en-us", "ked_diphone": "en-us", "us-slt-hts": "en-us",
+    "it-lp_diphone": "it", "it-pc_diphone": "it",
 }
 # voice name -> its folder under /usr/share/festival/voices/<language>/
 _VOICE_DIRS: dict[str, str] = {
     "kal_diphone": "kal_diphone", "ked_diphone": "ked_diphone", "us-slt-hts": "cmu_us_slt_arctic_hts",
+    "it-lp_diphone": "lp_diphone", "it-pc_diphone": "pc_diphone",
 }
 VOICES_ROOT = Path("/usr/share/festival/voices")
 # Duration_Stretch is honoured by the diphone voices only (HTS keeps its own durations).
-STRETCH_VOICES = frozenset({"kal_diphone", "ked_diphone"})
+STRETCH_VOICES = frozenset({"kal_diphone", "ked_diphone", "it-lp_diphone", "it-pc_diphone"})
 
 
 def available_voices(root: Path = VOICES_ROOT) -> list[str]:
@@ -56,9 +64,9 @@ class FestivalRequest:
     stretch: float = 1.0
 
 
-def _scheme_string(text: str) -> str:
-    """ASCII-only Scheme string literal (festival's front end reads bytes as Latin-1)."""
-    ascii_text = text.encode("ascii", errors="ignore").decode()
+def _scheme_string(text: str, latin1: bool = False) -> str:
+    """Scheme string literal: ASCII only (English voices), or Latin-1 (the script is Latin-1)."""
+    ascii_text = text.encode("latin-1" if latin1 else "ascii", errors="ignore").decode("latin-1")
     ascii_text = re.sub(r"\s+", " ", ascii_text).strip()
     return '"' + ascii_text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -73,7 +81,7 @@ def _script(requests: list[FestivalRequest], workdir: Path) -> str:
         lines.append(
             f"(unwind-protect (begin {FESTIVAL_VOICES[req.voice]}"
             f" (Parameter.set 'Duration_Stretch {stretch:.3f})"
-            f" (set! utt (Utterance Text {_scheme_string(req.text)}))"
+            f" (set! utt (Utterance Text {_scheme_string(req.text, VOICE_LANG[req.voice] != 'en-us')}))"
             f" (utt.synth utt)"
             f' (utt.save.wave utt "{wav}" \'riff)'
             f' (format t "UTT {i}\\n")'
@@ -101,7 +109,7 @@ def synth_batch(requests: list[FestivalRequest], timeout_s: float = 600.0) -> li
     with tempfile.TemporaryDirectory(prefix="festival-") as tmp:
         workdir = Path(tmp)
         script = workdir / "batch.scm"
-        script.write_text(_script(requests, workdir))
+        script.write_text(_script(requests, workdir), encoding="latin-1")
         proc = subprocess.run(
             [exe, "-b", str(script)], capture_output=True, text=True, timeout=timeout_s, check=False
         )
@@ -130,5 +138,5 @@ def synth_batch(requests: list[FestivalRequest], timeout_s: float = 600.0) -> li
                 end = min(int(round(end_s * SAMPLE_RATE)), audio.shape[0])
                 phones.append(Phone(name, prev, max(end, prev)))
                 prev = max(end, prev)
-            out.append(Synthesis(audio, SAMPLE_RATE, phones, req.voice, "en-us", req.text))
+            out.append(Synthesis(audio, SAMPLE_RATE, phones, req.voice, VOICE_LANG[req.voice], req.text))
         return out

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, partial
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -32,7 +32,7 @@ import numpy as np
 
 from engines.corpus.augment import AugmentConfig, NoiseBank, augment
 from engines.corpus.espeak import Espeak, list_variants
-from engines.corpus.festival import FestivalRequest, available_voices, synth_batch
+from engines.corpus.festival import VOICE_LANG, FestivalRequest, available_voices, synth_batch
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
 from engines.corpus.text import TextSource, fortunes, words
 from engines.features import logmel
@@ -130,7 +130,9 @@ def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource
     return Utt(syn.audio, segs, syn.lang, voice, "espeak", text)
 
 
-FESTIVAL_WEIGHTS: dict[str, float] = {"kal_diphone": 0.3, "ked_diphone": 0.3, "us-slt-hts": 0.4}
+FESTIVAL_WEIGHTS: dict[str, float] = {
+    "kal_diphone": 0.25, "ked_diphone": 0.25, "us-slt-hts": 0.3, "it-lp_diphone": 0.1, "it-pc_diphone": 0.1,
+}
 
 
 def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> list[Utt]:
@@ -142,14 +144,17 @@ def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> 
     reqs = []
     for _ in range(n):
         voice = voices[int(rng.choice(len(voices), p=w / w.sum()))]
-        text, _ = texts.pick("en-us", rng)
+        text, _ = texts.pick(VOICE_LANG[voice], rng)
         reqs.append(FestivalRequest(text, voice, float(rng.uniform(0.8, 1.3))))
     out = []
     for req, syn in zip(reqs, synth_batch(reqs), strict=True):
         if syn is None or syn.audio.shape[0] < SAMPLE_RATE // 5:
             continue
-        segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], festival_to_visemes)
-        out.append(Utt(syn.audio, attach_closures(segs, syn.audio), "en-us", req.voice, "festival", req.text))
+        lang = syn.lang
+        segs = phones_to_segments(
+            [(p.name, p.start, p.end) for p in syn.phones], partial(festival_to_visemes, lang=lang)
+        )
+        out.append(Utt(syn.audio, attach_closures(segs, syn.audio), lang, req.voice, "festival", req.text))
     return out
 
 
