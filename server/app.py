@@ -12,24 +12,54 @@ import json
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from server.avatars import AvatarRegistry
 from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
 from server.errors import AvatarError, ProtocolError
 from server.pipeline.runner import SharedModels, load_models
 from server.session import Session
 from server.signaling import PROTOCOL_VERSION, dispatch, error, parse_message, welcome
+from server.workers import RemoteSession, WorkerPool
+
+
+class LocalSession:
+    """A session running in this process (``server.workers = 0``)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.sid = session.sid
+        self.on_closed: Callable[[Any], Awaitable[None]] | None = None
+
+        async def closed(s: Session) -> None:
+            if self.on_closed is not None:
+                await self.on_closed(self)
+
+        session.on_closed = closed
+
+    async def dispatch(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """Handle one validated message."""
+        return await dispatch(self.session, msg)
+
+    async def close(self) -> None:
+        """Close the session."""
+        await self.session.close()
+
+
+SessionHandle = LocalSession | RemoteSession
 
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", AppConfig)
 MODELS = web.AppKey("models", SharedModels)
-SESSIONS = web.AppKey("sessions", dict[str, Session])
+REGISTRY = web.AppKey("registry", AvatarRegistry)
+POOL = web.AppKey("pool", WorkerPool)
+SESSIONS = web.AppKey("sessions", dict[str, SessionHandle])
 CLOCK = web.AppKey("clock", Clock)
 COUNTER = web.AppKey("counter", Iterator[int])
 CLIENT_DIR = ROOT / "client_web"
@@ -43,15 +73,26 @@ def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModel
     app[CLOCK] = clock or MonotonicClock()
     app[SESSIONS] = {}
     app[COUNTER] = itertools.count()
+    given = models
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        if models is None:
-            app[MODELS] = await asyncio.get_running_loop().run_in_executor(None, load_models, cfg)
+        n_workers = cfg.server.worker_count() if given is None else 0
+        pool: WorkerPool | None = None
+        if n_workers > 0:
+            pool = WorkerPool(cfg, n_workers)
+            app[POOL] = pool
+            app[REGISTRY] = AvatarRegistry(cfg.avatars.data_dir)
+            await pool.start()
+            log.info("%d session worker processes ready", n_workers)
         else:
-            app[MODELS] = models
+            loaded: SharedModels = given if given is not None else await asyncio.get_running_loop().run_in_executor(None, load_models, cfg)
+            app[MODELS] = loaded
+            app[REGISTRY] = loaded.registry
         yield
         sessions = list(app[SESSIONS].values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        if pool is not None:
+            await pool.close()
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/", index)
@@ -80,25 +121,38 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """Per-session statistics and totals (incl. open peer connections and session tasks)."""
-    sessions = list(request.app[SESSIONS].values())
-    per = [s.stats() for s in sessions]
+    app = request.app
+    pool = app.get(POOL)
+    if pool is not None:
+        parts = await pool.stats()
+    else:
+        local = [h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)]
+        parts = [{
+            "sessions": [s.stats() for s in local],
+            "pcs": sum(1 for s in local if s.pc.connectionState != "closed"),
+            "tasks": sum(len(s.tasks) for s in local),
+            "loop_tasks": len(asyncio.all_tasks()),
+        }]
+    per = [s for p in parts for s in p["sessions"]]
     totals = {
-        "sessions": len(sessions),
-        "pcs": sum(1 for s in sessions if s.pc.connectionState != "closed"),
-        "tasks": sum(len(s.tasks) for s in sessions),
-        "loop_tasks": len(asyncio.all_tasks()),
+        "sessions": len(app[SESSIONS]),
+        "pcs": sum(p["pcs"] for p in parts),
+        "tasks": sum(p["tasks"] for p in parts),
+        "loop_tasks": len(asyncio.all_tasks()) + sum(p["loop_tasks"] for p in parts if pool is not None),
+        "workers": len(parts) if pool is not None else 0,
+        "worker_restarts": pool.restarts if pool is not None else 0,
         "fps_mean": round(sum(p["fps"] for p in per) / len(per), 2) if per else None,
     }
     return web.json_response({"sessions": per, "totals": totals})
 
 
 def _avatar_list(app: web.Application) -> list[dict[str, str]]:
-    return [{"name": a.name, "kind": a.kind} for a in app[MODELS].registry.list()]
+    return [{"name": a.name, "kind": a.kind} for a in app[REGISTRY].list()]
 
 
 async def avatars(request: web.Request) -> web.Response:
     """The avatars a session can use."""
-    reg = request.app[MODELS].registry
+    reg = request.app[REGISTRY]
     return web.json_response({"avatars": _avatar_list(request.app), "default": reg.default_name()})
 
 
@@ -117,7 +171,7 @@ async def add_photo(request: web.Request) -> web.Response:
     data = image.file.read(MAX_PHOTO_BYTES + 1)
     if len(data) > MAX_PHOTO_BYTES:
         return web.json_response({"error": f"image larger than {MAX_PHOTO_BYTES // (1 << 20)} MiB"}, status=400)
-    reg = request.app[MODELS].registry
+    reg = request.app[REGISTRY]
     suffix = Path(image.filename or "photo.jpg").suffix or ".jpg"
 
     def register() -> Any:
@@ -160,21 +214,31 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     counter: Iterator[int] = app[COUNTER]
     n = next(counter)
     sid = f"s{n}-{secrets.token_hex(3)}"
-    session = Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send)
-    sessions[sid] = session
+    pool = app.get(POOL)
+    handle: SessionHandle
+    if pool is not None:
+        try:
+            handle = await pool.open(sid, cfg.seed + n, send)
+        except ProtocolError as e:
+            await send(error(e))
+            await ws.close()
+            return ws
+    else:
+        handle = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send))
+    sessions[sid] = handle
 
-    async def closed(s: Session) -> None:
-        sessions.pop(s.sid, None)
+    async def closed(h: Any) -> None:
+        sessions.pop(h.sid, None)
         if not ws.closed:
             await ws.close()
 
-    session.on_closed = closed
+    handle.on_closed = closed
     try:
-        await send(welcome(session, _avatar_list(app)))
+        await send(welcome(sid, cfg, _avatar_list(app)))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 try:
-                    reply = await dispatch(session, parse_message(msg.data, limit))
+                    reply = await handle.dispatch(parse_message(msg.data, limit))
                 except ProtocolError as e:
                     await send(error(e))
                     if e.fatal:
@@ -194,7 +258,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 log.info("session %s: websocket error %s", sid, ws.exception())
                 break
     finally:
-        await session.close()
+        await handle.close()
         sessions.pop(sid, None)
         if not ws.closed:
             await ws.close()

@@ -42,8 +42,17 @@ class ServerConfig:
     max_message_bytes: int = 262_144  # bytes, largest accepted signaling message
     stats_interval_s: float = 1.0  # s between `stats` events to each client
     ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
+    workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = one per core
+
+    def worker_count(self) -> int:
+        """Resolved number of session worker processes (0: sessions run in the server process)."""
+        if self.workers == "auto":
+            cores = os.cpu_count() or 1
+            return cores if cores > 1 else 0
+        return int(self.workers)
 
     def __post_init__(self) -> None:
+        _check(self.workers == "auto" or (isinstance(self.workers, int) and 0 <= self.workers <= 64), "server.workers", self.workers, '"auto" or an integer in 0..64')
         _check(0 < self.port < 65536, "server.port", self.port, "in 1..65535")
         _check(self.max_sessions >= 1, "server.max_sessions", self.max_sessions, ">= 1")
         _check(1024 <= self.max_message_bytes <= 16 << 20, "server.max_message_bytes", self.max_message_bytes, "in 1 KiB..16 MiB")

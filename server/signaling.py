@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from server import __version__
+from server.config import AppConfig
 from server.errors import ProtocolError
 from server.session import Session
 
@@ -80,16 +81,16 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
     raise ProtocolError("bad_control", f"unknown control action {action!r}; expected ping, set_emotion or set_avatar")
 
 
-def welcome(session: Session, avatars: list[dict[str, str]]) -> dict[str, Any]:
+def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]]) -> dict[str, Any]:
     """The first message on a new connection."""
     ice = [
         {"urls": list(s.urls), **({"username": s.username} if s.username else {}), **({"credential": s.credential} if s.credential else {})}
-        for s in session.cfg.server.ice_servers
+        for s in cfg.server.ice_servers
     ]
     return {
         "v": PROTOCOL_VERSION,
         "type": "welcome",
-        "session": session.sid,
+        "session": sid,
         "server": {"version": __version__},
         "avatars": avatars,
         "ice_servers": ice,

@@ -33,13 +33,32 @@ def free_port(host: str) -> int:
         return port
 
 
-def proc_cpu_s(pid: int) -> float:
-    """CPU time (user + system, s) of process ``pid`` from /proc/<pid>/stat (all its threads)."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
         text = f.read()
-    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
-    return (utime + stime) / CLK_TCK
+    return text[text.rindex(")") + 2 :].split()  # fields after "pid (comm) "
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU time (user + system, s) of process ``pid`` and its live descendants (the session
+    worker processes), from /proc/<pid>/stat (all threads)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))  # field 4: ppid
+            except (OSError, ValueError, IndexError):
+                continue
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+        todo.extend(children.get(p, []))
+    return total
 
 
 def model_args() -> list[str]:

@@ -1,0 +1,343 @@
+"""Session worker processes: WebRTC media for many sessions without one GIL.
+
+The server process keeps HTTP and signaling; each session's peer connection, pipeline and
+rendering live in one of N worker processes (spawned, each loading the shared models once).
+Signaling messages, already validated, are forwarded over a pipe; replies, events and
+"session closed" notices come back. A worker that dies takes only its own sessions down:
+their clients get a fatal ``internal`` error, and a fresh worker replaces it.
+
+Messages on the pipe are dicts with an ``op``:
+
+main → worker: ``open`` (sid, seed), ``dispatch`` (id, sid, msg), ``close`` (sid),
+``stats`` (id), ``shutdown``.
+worker → main: ``ready``, ``reply`` (id, reply | error), ``event`` (sid, msg), ``closed`` (sid),
+``stats`` (id, data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from server.config import AppConfig
+from server.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+# ------------------------------------------------------------------------------- worker side
+
+
+def worker_main(cfg: AppConfig, conn: Connection, index: int) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_Worker(cfg, conn, index).run())
+
+
+class _Worker:
+    def __init__(self, cfg: AppConfig, conn: Connection, index: int) -> None:
+        self.cfg = cfg
+        self.conn = conn
+        self.index = index
+        self.sessions: dict[str, Any] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        try:
+            self.conn.send(msg)
+        except (BrokenPipeError, OSError):  # the server is gone; we are shutting down
+            pass
+
+    def _readable(self) -> None:
+        try:
+            self.inbox.put_nowait(self.conn.recv())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self.inbox.put_nowait(None)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self) -> None:
+        from server.clock import MonotonicClock
+        from server.pipeline.runner import load_models
+
+        loop = asyncio.get_running_loop()
+        models = await loop.run_in_executor(None, load_models, self.cfg)
+        # warm the default avatar (imports, caches) so the first session starts fast
+        size = (self.cfg.video.width, self.cfg.video.height)
+        await loop.run_in_executor(None, models.registry.create, models.registry.default_name(), size)
+        clock = MonotonicClock()
+        loop.add_reader(self.conn.fileno(), self._readable)
+        self.send({"op": "ready", "pid": os.getpid()})
+        try:
+            while True:
+                msg = await self.inbox.get()
+                if msg is None or msg["op"] == "shutdown":
+                    break
+                op = msg["op"]
+                if op == "open":
+                    self._open(msg["sid"], int(msg["seed"]), models, clock)
+                elif op == "dispatch":
+                    self.spawn(self._dispatch(msg))
+                elif op == "close":
+                    session = self.sessions.get(msg["sid"])
+                    if session is not None:
+                        self.spawn(session.close())
+                elif op == "stats":
+                    self.send({"op": "stats", "id": msg["id"], "data": self._stats()})
+        finally:
+            await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+            for t in list(self.tasks):
+                t.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def _open(self, sid: str, seed: int, models: Any, clock: Any) -> None:
+        from server.session import Session
+
+        async def send_event(msg: dict[str, Any]) -> None:
+            self.send({"op": "event", "sid": sid, "msg": msg})
+
+        session = Session(sid, self.cfg, models, clock, seed, send_event)
+
+        async def closed(s: Session) -> None:
+            self.sessions.pop(s.sid, None)
+            self.locks.pop(s.sid, None)
+            self.send({"op": "closed", "sid": s.sid})
+
+        session.on_closed = closed
+        self.sessions[sid] = session
+        self.locks[sid] = asyncio.Lock()
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        from server.signaling import dispatch
+
+        sid, rid = msg["sid"], msg["id"]
+        session, lock = self.sessions.get(sid), self.locks.get(sid)
+        if session is None or lock is None:
+            self.send({"op": "reply", "id": rid, "error": {"code": "state", "message": f"session {sid} is closed", "fatal": True}})
+            return
+        async with lock:  # one session's messages run in order
+            try:
+                reply = await dispatch(session, msg["msg"])
+            except ProtocolError as e:
+                self.send({"op": "reply", "id": rid, "error": {"code": e.code, "message": str(e), "fatal": e.fatal}})
+                return
+            except Exception as e:
+                log.exception("session %s: internal error", sid)
+                self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": f"internal server error: {type(e).__name__}: {e}", "fatal": False}})
+                return
+        self.send({"op": "reply", "id": rid, "reply": reply})
+
+    def _stats(self) -> dict[str, Any]:
+        sessions = list(self.sessions.values())
+        return {
+            "sessions": [s.stats() for s in sessions],
+            "pcs": sum(1 for s in sessions if s.pc.connectionState != "closed"),
+            "tasks": sum(len(s.tasks) for s in sessions),
+            "loop_tasks": len(asyncio.all_tasks()),
+        }
+
+
+# ------------------------------------------------------------------------------- server side
+
+
+@dataclass
+class _WorkerHandle:
+    index: int
+    proc: Any  # multiprocessing.Process (spawn context)
+    conn: Connection
+    ready: asyncio.Future[None]
+    sessions: dict[str, RemoteSession] = field(default_factory=dict)
+    alive: bool = True
+
+
+class RemoteSession:
+    """The server-side proxy of a session running in a worker process."""
+
+    def __init__(self, pool: WorkerPool, worker: _WorkerHandle, sid: str, send: SendJson) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.sid = sid
+        self.send = send
+        self.closed = asyncio.Event()
+        self.on_closed: Callable[[RemoteSession], Awaitable[None]] | None = None
+
+    async def dispatch(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """Run a validated message in the worker; raises :class:`ProtocolError` on errors."""
+        result = await self.pool.request(self.worker, {"op": "dispatch", "sid": self.sid, "msg": msg})
+        err = result.get("error")
+        if err is not None:
+            raise ProtocolError(err["code"], err["message"], fatal=bool(err.get("fatal")))
+        reply: dict[str, Any] | None = result.get("reply")
+        return reply
+
+    async def close(self) -> None:
+        """Close the session in its worker and wait (bounded) until it is gone."""
+        if self.worker.alive and not self.closed.is_set():
+            self.pool.post(self.worker, {"op": "close", "sid": self.sid})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), timeout=10.0)
+        self.worker.sessions.pop(self.sid, None)
+
+
+class WorkerPool:
+    """N session worker processes; sessions go to the least loaded one."""
+
+    def __init__(self, cfg: AppConfig, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"worker count must be >= 1, got {n}")
+        self.cfg = cfg
+        self.n = n
+        self.workers: list[_WorkerHandle] = []
+        self._ids = itertools.count()
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ctx = mp.get_context("spawn")
+        self._closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.restarts = 0
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        """Spawn the workers and wait until each has loaded its models."""
+        for i in range(self.n):
+            self.workers.append(self._spawn(i))
+        await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), timeout_s)
+
+    def _spawn(self, index: int) -> _WorkerHandle:
+        loop = asyncio.get_running_loop()
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=worker_main, args=(self.cfg, child, index), name=f"avatar-worker-{index}", daemon=True)
+        proc.start()
+        child.close()
+        w = _WorkerHandle(index, proc, parent, loop.create_future())
+        loop.add_reader(parent.fileno(), self._readable, w)
+        return w
+
+    def _readable(self, w: _WorkerHandle) -> None:
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(w.conn.fileno())
+            self._worker_died(w)
+            return
+        op = msg.get("op")
+        if op == "ready":
+            if not w.ready.done():
+                w.ready.set_result(None)
+        elif op in ("reply", "stats"):
+            fut = self._pending.pop(msg["id"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif op == "event":
+            s = w.sessions.get(msg["sid"])
+            if s is not None:
+                self._spawn_task(s.send(msg["msg"]))
+        elif op == "closed":
+            s = w.sessions.pop(msg["sid"], None)
+            if s is not None:
+                s.closed.set()
+                if s.on_closed is not None:
+                    self._spawn_task(s.on_closed(s))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _worker_died(self, w: _WorkerHandle) -> None:
+        if not w.alive:
+            return
+        w.alive = False
+        if not w.ready.done():
+            w.ready.set_exception(RuntimeError(f"session worker {w.index} exited during start-up (exit code {w.proc.exitcode})"))
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_result({"error": {"code": "internal", "message": "the session worker stopped", "fatal": True}})
+        sessions = list(w.sessions.values())
+        w.sessions.clear()
+        for s in sessions:
+            s.closed.set()
+            self._spawn_task(s.send({"v": 1, "type": "error", "code": "internal", "message": "the session's worker process stopped; please reconnect", "fatal": True}))
+            if s.on_closed is not None:
+                self._spawn_task(s.on_closed(s))
+        if not self._closing:
+            log.error("session worker %d died (exit code %s); starting a new one", w.index, w.proc.exitcode)
+            self.restarts += 1
+            self.workers[self.workers.index(w)] = self._spawn(w.index)
+
+    def post(self, w: _WorkerHandle, msg: dict[str, Any]) -> None:
+        """Send without waiting for an answer."""
+        try:
+            w.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            self._worker_died(w)
+
+    async def request(self, w: _WorkerHandle, msg: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+        """Send and await the matching reply."""
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self.post(w, {**msg, "id": rid})
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return {"error": {"code": "internal", "message": f"session worker did not answer within {timeout_s:.0f} s", "fatal": False}}
+        finally:
+            self._pending.pop(rid, None)
+
+    async def open(self, sid: str, seed: int, send: SendJson) -> RemoteSession:
+        """Create a session on the least loaded live worker."""
+        live = [w for w in self.workers if w.alive and w.ready.done() and w.ready.exception() is None]
+        if not live:
+            await asyncio.gather(*(w.ready for w in self.workers if w.alive), return_exceptions=True)
+            live = [w for w in self.workers if w.alive and w.ready.done() and w.ready.exception() is None]
+        if not live:
+            raise ProtocolError("internal", "no session worker is running", fatal=True)
+        w = min(live, key=lambda x: len(x.sessions))
+        s = RemoteSession(self, w, sid, send)
+        w.sessions[sid] = s
+        self.post(w, {"op": "open", "sid": sid, "seed": seed})
+        return s
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Each live worker's session stats."""
+        live = [w for w in self.workers if w.alive and w.ready.done()]
+        results = await asyncio.gather(*(self.request(w, {"op": "stats"}, timeout_s=5.0) for w in live))
+        return [r["data"] for r in results if "data" in r]
+
+    async def close(self) -> None:
+        """Shut every worker down (sessions closed cleanly), then reap the processes."""
+        self._closing = True
+        for w in self.workers:
+            if w.alive:
+                self.post(w, {"op": "shutdown"})
+        loop = asyncio.get_running_loop()
+        for w in self.workers:
+            await loop.run_in_executor(None, w.proc.join, 10.0)
+            if w.proc.is_alive():
+                w.proc.kill()
+                await loop.run_in_executor(None, w.proc.join, 5.0)
+            with contextlib.suppress(Exception):
+                loop.remove_reader(w.conn.fileno())
+            w.conn.close()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
