@@ -149,7 +149,7 @@ class _Worker:
     def _stats(self) -> dict[str, Any]:
         sessions = list(self.sessions.values())
         return {
-            "sessions": [s.stats() for s in sessions],
+            "sessions": [{**s.stats(), "worker": self.index, "worker_pid": os.getpid()} for s in sessions],
             "pcs": sum(1 for s in sessions if s.pc.connectionState != "closed"),
             "tasks": sum(len(s.tasks) for s in sessions),
             "loop_tasks": len(asyncio.all_tasks()),
