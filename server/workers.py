@@ -47,6 +47,37 @@ def worker_main(cfg: AppConfig, conn: Connection, index: int) -> None:
         asyncio.run(_Worker(cfg, conn, index).run())
 
 
+async def warm_up(cfg: AppConfig, models: Any) -> None:
+    """Pay the first-session costs up front (lazy imports, codec and renderer set-up, aiortc's
+    first offer/answer), so the first caller's avatar appears as fast as later ones'."""
+    import av
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from server.pipeline.runner import AvatarPipeline
+
+    loop = asyncio.get_running_loop()
+    size = (cfg.video.width, cfg.video.height)
+
+    def frame_path() -> None:
+        renderer = models.registry.create(models.registry.default_name(), size)
+        yuv, _, _ = AvatarPipeline(models, cfg, 0, renderer).produce(0.0)
+        Vp8Encoder().encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"))
+
+    await loop.run_in_executor(None, frame_path)
+    a, b = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        a.addTransceiver("audio", direction="sendonly")
+        a.addTransceiver("video", direction="recvonly")
+        a.createDataChannel("visemes")
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+    finally:
+        await a.close()
+        await b.close()
+
+
 class _Worker:
     def __init__(self, cfg: AppConfig, conn: Connection, index: int) -> None:
         self.cfg = cfg
@@ -81,9 +112,7 @@ class _Worker:
 
         loop = asyncio.get_running_loop()
         models = await loop.run_in_executor(None, load_models, self.cfg)
-        # warm the default avatar (imports, caches) so the first session starts fast
-        size = (self.cfg.video.width, self.cfg.video.height)
-        await loop.run_in_executor(None, models.registry.create, models.registry.default_name(), size)
+        await warm_up(self.cfg, models)
         clock = MonotonicClock()
         loop.add_reader(self.conn.fileno(), self._readable)
         self.send({"op": "ready", "pid": os.getpid()})
