@@ -10,7 +10,8 @@ utterance. Each shard is a pure function of (seed, shard index, --val, options).
 
 The held-out split (``--val``) uses voices and languages never used for training: the English
 accents in :data:`VAL_EN_ACCENTS`, the languages in :data:`VAL_LANGS` and the espeak variants in
-:data:`VAL_VARIANTS` (and no festival voice, both of which are training voices).
+:data:`VAL_VARIANTS`, and no festival voice (all festival voices train: they are the speech that
+transfers best to real voices, see docs/corpus.md).
 """
 
 from __future__ import annotations
