@@ -228,7 +228,9 @@ def selection_score(s: dict[str, float]) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m engines.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", default="data/corpus", help="folder with train/ and val/ shards")
+    ap.add_argument("--corpus", nargs="+", default=["data/corpus"],
+                    help="folder(s) with train/ (and val/) shards; several are concatenated")
+    ap.add_argument("--val", default="", help="val shard folder (default: the first CORPUS/val)")
     ap.add_argument("--out", required=True, help="run folder (created)")
     ap.add_argument("--lookahead-ms", type=int, default=40, help="lookahead, multiple of 10 ms")
     ap.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
@@ -294,10 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("args %s", vars(args))
     log.info("device %s, torch %s, threads %d", device, torch.__version__, torch.get_num_threads())
 
-    corpus = Path(args.corpus)
+    from engines.corpus.dataset import load_corpus
+
     t0 = time.monotonic()
-    train = load_split(corpus, "train")
-    val = load_split(corpus, "val") if (corpus / "val").is_dir() else None
+    train = Corpus([u for c in args.corpus for u in load_corpus(Path(c) / "train")])
+    val_dirs = [Path(args.val)] if args.val else [Path(c) / "val" for c in args.corpus if (Path(c) / "val").is_dir()][:1]
+    val = Corpus(load_corpus(val_dirs[0])) if val_dirs else None
     if args.clean_bias > 0:
         train.favour_clean(args.clean_bias)
     log.info("train: %d utterances, %.1f min of speech; val: %s (loaded in %.1f s)", len(train),
