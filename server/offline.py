@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -93,7 +95,7 @@ def _plain(frame: av.AudioFrame) -> av.AudioFrame:
     return frame
 
 
-@dataclass
+@dataclass(repr=False)
 class OfflineResult:
     """What an offline run produced."""
 
@@ -102,6 +104,12 @@ class OfflineResult:
     lookahead_hops: int
     model: str
     video_frames: int = 0
+
+    def __repr__(self) -> str:  # short: asyncio formats task results into messages
+        return (
+            f"OfflineResult({len(self.visemes)} viseme frames, {self.duration_s:.2f} s, "
+            f"lookahead {self.lookahead_hops} hops, model {self.model!r}, {self.video_frames} video frames)"
+        )
 
 
 async def run_offline(
@@ -257,27 +265,53 @@ def format_visemes(result: OfflineResult, fmt: str, sound_file: str) -> str:
 
 
 class Mp4Writer:
-    """H.264 video + AAC audio (the original file's audio) in an MP4."""
+    """H.264 video + AAC audio (the original file's audio) in an MP4.
 
-    def __init__(self, out: Path, size: tuple[int, int], fps: float) -> None:
+    Encoding and muxing run in a writer thread (PyAV releases the GIL while encoding), fed by
+    a bounded queue, so they overlap with rendering; the source audio is encoded there too.
+    """
+
+    _DONE = None
+
+    def __init__(self, out: Path, size: tuple[int, int], fps: float, audio_source: Path | None = None) -> None:
         self.container = av.open(str(out), "w")
         self.fps = Fraction(fps).limit_denominator(1001)
         self.video = self.container.add_stream("libx264", rate=self.fps)
         self.video.width, self.video.height = size
         self.video.pix_fmt = "yuv420p"
-        self.video.options = {"crf": "20", "preset": "superfast"}
+        self.video.options = {"crf": "18", "preset": "ultrafast"}
         self.audio = self.container.add_stream("aac", rate=LIVE_RATE)
         self.audio.layout = "stereo"
+        self._queue: queue.Queue[tuple[av.VideoFrame, int] | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._audio_source = audio_source
+        self._thread = threading.Thread(target=self._run, name="mp4-writer", daemon=True)
+        self._thread.start()
 
     def add_video(self, frame: av.VideoFrame, index: int) -> None:
-        """Encode one frame at position ``index``."""
-        frame.pts = index
-        frame.time_base = 1 / self.fps
-        for packet in self.video.encode(frame):
-            self.container.mux(packet)
+        """Queue one frame for position ``index`` (blocks while the writer is 8 frames behind)."""
+        if self._error is not None:
+            raise MediaError(f"MP4 writer failed: {self._error}") from self._error
+        self._queue.put((frame, index))
 
-    def add_audio_file(self, path: Path) -> None:
-        """Mux the source file's audio (resampled to 48 kHz stereo)."""
+    def _run(self) -> None:
+        try:
+            if self._audio_source is not None:
+                self._encode_audio(self._audio_source)
+            while (item := self._queue.get()) is not None:
+                frame, index = item
+                frame.pts = index
+                frame.time_base = 1 / self.fps
+                for packet in self.video.encode(frame):
+                    self.container.mux(packet)
+            for packet in self.video.encode(None):
+                self.container.mux(packet)
+        except BaseException as e:  # reported to the producer and at close()
+            self._error = e
+            while self._queue.get() is not None:  # keep draining so the producer never blocks
+                pass
+
+    def _encode_audio(self, path: Path) -> None:
         resampler = av.AudioResampler(format="fltp", layout="stereo", rate=LIVE_RATE)
         for frame in live_frames(path):
             for out in resampler.resample(frame):
@@ -288,10 +322,12 @@ class Mp4Writer:
             self.container.mux(packet)
 
     def close(self) -> None:
-        """Flush encoders and close the file."""
-        for packet in self.video.encode(None):
-            self.container.mux(packet)
+        """Finish encoding and close the file."""
+        self._queue.put(self._DONE)
+        self._thread.join()
         self.container.close()
+        if self._error is not None:
+            raise MediaError(f"MP4 writer failed: {self._error}") from self._error
 
 
 def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, avatar: str | None, progress: bool = True) -> OfflineResult:
@@ -299,7 +335,7 @@ def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, ava
     from tqdm import tqdm
 
     total = audio_duration(path)
-    writer = Mp4Writer(out, (cfg.video.width, cfg.video.height), cfg.video.fps)
+    writer = Mp4Writer(out, (cfg.video.width, cfg.video.height), cfg.video.fps, audio_source=path)
     bar = tqdm(total=round(total, 1), unit="s", desc="render", disable=not progress, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
 
     def on_progress(t: float) -> None:
@@ -308,7 +344,6 @@ def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, ava
 
     try:
         result = asyncio.run(run_offline(path, cfg, models, avatar=avatar, on_video=writer.add_video, on_progress=on_progress))
-        writer.add_audio_file(path)
     finally:
         writer.close()
         bar.close()
