@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# isort: off
+import server  # noqa: E402, F401  (first: limits BLAS/OpenMP pools to one thread before numpy loads)
+
+# isort: on
 import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 
