@@ -36,7 +36,7 @@ class AugmentConfig:
     dev_speech: Path = DEFAULT_DEV_SPEECH
     p_speed: float = 0.4
     speed_range: tuple[float, float] = (0.85, 1.18)  # playback-rate factor (>1: faster)
-    p_pitch: float = 0.2
+    p_pitch: float = 0.4
     pitch_semitones: tuple[float, float] = (-3.0, 3.0)
     lead_silence_s: tuple[float, float] = (0.05, 0.8)
     trail_silence_s: tuple[float, float] = (0.05, 0.6)
