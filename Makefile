@@ -47,8 +47,10 @@ serve: setup
 	@echo "Avatar server: open http://$(HOST):$(PORT)/ in Chromium or Firefox"
 	$(BIN)/avatar serve --host $(HOST) --port $(PORT)
 
+# The suite runs inside a private network namespace (loopback + a veth pair on 198.18.0.0/15):
+# Chromium and aiortc find no ICE candidates over loopback alone, and nothing leaves the machine.
 test: setup-test
-	$(BIN)/python -m pytest -q -ra
+	tests/netns_run.sh $(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: setup-test
 	$(BIN)/ruff check server engines tests bench
