@@ -241,6 +241,10 @@ def evaluate_model(model: VisemeModel, val: Sequence[Any], real: dict[str, list[
     return res
 
 
+def _val_dir_note(corpus: str) -> str:
+    return str(Path(corpus) / "val") if corpus else ""
+
+
 # --------------------------------------------------------------------------------------------
 # Plots.
 
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("no synthetic val split at %s", vdir)
     real = real_sets()
 
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"val_dir": _val_dir_note(args.corpus), "val_limit": args.val_limit}
     model = _load(args.model, args.engine)
     if args.model != "energy":
         from engines.onnx_predictor import DEFAULT_MODEL_PATH
@@ -390,16 +394,16 @@ def main(argv: list[str] | None = None) -> int:
 
     panels: list[tuple[str, NDArray[np.int64], Sequence[str]]] = []
     conf = res["_confusion"]
-    for key in ("real_reference", "synthetic_val"):
+    for key in ("real_aligned_all", "real_reference"):
         if key in conf:
             panels.append((f"{model.name}: {key}, Rhubarb shapes", conf[key].confusion9, RHUBARB_SHAPES))
     if "synthetic_val" in conf:
         panels.append((f"{model.name}: synthetic_val, 15 visemes", conf["synthetic_val"].confusion15, VISEMES))
     if panels:
         plot_confusions(out / "confusion.png", panels)
-        results["confusion_real_reference_rhubarb"] = (
-            conf["real_reference"].confusion9.tolist() if "real_reference" in conf else None
-        )
+        for key in ("real_aligned_all", "real_reference"):
+            if key in conf:
+                results[f"confusion_{key}_rhubarb"] = conf[key].confusion9.tolist()
 
     sweep = []
     for run in args.lookahead_sweep:
