@@ -160,6 +160,7 @@ class TensorRTBackend:
             raise TensorRTBuildError(f"could not deserialize the TensorRT engine {cache}")
         self._context = self._engine.create_execution_context()
         self._stream = _cuda_check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream_handle = int(self._stream)  # execute_async_v3 takes the raw handle
         # Buffers for the profile maximum, allocated once: device + pinned host per IO tensor.
         shapes = {
             ONNX_INPUT_FEATURES: (max_batch, max_time, N_MELS),
@@ -217,7 +218,7 @@ class TensorRTBackend:
         self._copy(ONNX_INPUT_STATE, ns, True)
         self._context.set_input_shape(ONNX_INPUT_FEATURES, (b, t, N_MELS))
         self._context.set_input_shape(ONNX_INPUT_STATE, (b, self._state_size))
-        if not self._context.execute_async_v3(self._stream):
+        if not self._context.execute_async_v3(self._stream_handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         self._copy(ONNX_OUTPUT_PROBS, np_, False)
         self._copy(ONNX_OUTPUT_STATE, ns, False)
