@@ -54,9 +54,8 @@ def test_render_and_visemes_agree_and_render_is_watchable(speech_wav: Path, tmp_
 
     cfg = energy_cfg
     out = tmp_path / "out.mp4"
-    writer = Mp4Writer(out, (cfg.video.width, cfg.video.height), cfg.video.fps)
+    writer = Mp4Writer(out, (cfg.video.width, cfg.video.height), cfg.video.fps, audio_source=speech_wav)
     res = asyncio.run(run_offline(speech_wav, cfg, models, on_video=writer.add_video))
-    writer.add_audio_file(speech_wav)
     writer.close()
     plain = asyncio.run(run_offline(speech_wav, cfg, models))
     assert np.array_equal(viseme_matrix(res.visemes)[1], viseme_matrix(plain.visemes)[1])
