@@ -72,4 +72,4 @@ def test_shipped_model_beats_energy_on_real_reference() -> None:
     ours = score_audio_set(load_viseme_model("default", engine="onnxruntime"), ref).summary()
     energy = score_audio_set(EnergyVisemeModel(), ref).summary()
     for metric in ("rhubarb_strict", "rhubarb_tolerant"):
-        assert ours[metric] > energy[metric] + 0.05, (metric, ours, energy)
+        assert ours[metric] > energy[metric] + 0.1, (metric, ours, energy)
