@@ -284,9 +284,14 @@ class Mp4Writer:
         self.audio.layout = "stereo"
         self._queue: queue.Queue[tuple[av.VideoFrame, int] | None] = queue.Queue(maxsize=8)
         self._error: BaseException | None = None
-        self._audio_source = audio_source
+        self._audio_packets: list[av.Packet] = []
+        self._audio_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mp4-writer", daemon=True)
         self._thread.start()
+        self._audio_thread: threading.Thread | None = None
+        if audio_source is not None:  # encoded alongside, muxed at close()
+            self._audio_thread = threading.Thread(target=self._encode_audio, args=(audio_source,), name="mp4-audio", daemon=True)
+            self._audio_thread.start()
 
     def add_video(self, frame: av.VideoFrame, index: int) -> None:
         """Queue one frame for position ``index`` (blocks while the writer is 8 frames behind)."""
@@ -296,8 +301,6 @@ class Mp4Writer:
 
     def _run(self) -> None:
         try:
-            if self._audio_source is not None:
-                self._encode_audio(self._audio_source)
             while (item := self._queue.get()) is not None:
                 frame, index = item
                 frame.pts = index
@@ -312,22 +315,31 @@ class Mp4Writer:
                 pass
 
     def _encode_audio(self, path: Path) -> None:
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=LIVE_RATE)
-        for frame in live_frames(path):
-            for out in resampler.resample(frame):
-                out.pts = None
-                for packet in self.audio.encode(out):
-                    self.container.mux(packet)
-        for packet in self.audio.encode(None):
-            self.container.mux(packet)
+        try:
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=LIVE_RATE)
+            for frame in live_frames(path):
+                for out in resampler.resample(frame):
+                    out.pts = None
+                    self._audio_packets.extend(self.audio.encode(out))
+            self._audio_packets.extend(self.audio.encode(None))
+        except BaseException as e:  # reported at close()
+            self._audio_error = e
 
     def close(self) -> None:
-        """Finish encoding and close the file."""
+        """Finish encoding, mux the audio, close the file."""
         self._queue.put(self._DONE)
         self._thread.join()
-        self.container.close()
-        if self._error is not None:
-            raise MediaError(f"MP4 writer failed: {self._error}") from self._error
+        if self._audio_thread is not None:
+            self._audio_thread.join()
+        try:
+            if self._error is None and self._audio_error is None:
+                for packet in self._audio_packets:
+                    self.container.mux(packet)
+        finally:
+            self.container.close()
+        for err in (self._error, self._audio_error):
+            if err is not None:
+                raise MediaError(f"MP4 writer failed: {err}") from err
 
 
 def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, avatar: str | None, progress: bool = True) -> OfflineResult:
