@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,7 +46,45 @@ def read_contract(sess: object, path: Path) -> tuple[int, int]:
     return int(sshape[1]), int(meta[ONNX_META_LOOKAHEAD])
 
 
-class OnnxCpuBackend:
+class OrtSessionBackend:
+    """Shared part of the onnxruntime backends: the contract read from ``_sess`` and ``run``.
+
+    Subclasses build ``self._sess`` (an ``onnxruntime.InferenceSession``) and then call
+    :meth:`_read_contract`.
+    """
+
+    model_path: Path
+    _sess: Any  # onnxruntime.InferenceSession (imported lazily)
+    _state_size: int
+    _lookahead: int
+
+    def _read_contract(self) -> None:
+        self._state_size, self._lookahead = read_contract(self._sess, self.model_path)
+
+    @property
+    def state_size(self) -> int:
+        """Floats of streaming state per stream."""
+        return self._state_size
+
+    @property
+    def lookahead_hops(self) -> int:
+        """From the model's ``lookahead_hops`` metadata."""
+        return self._lookahead
+
+    def run(
+        self, features: NDArray[np.float32], state: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """(B, T, 40), (B, S) -> (B, T, 15) probs, (B, S) next state (host arrays)."""
+        f, s = check_io(features, state, self._state_size)
+        if f.shape[1] == 0:
+            return empty_probs(f.shape[0]), s.copy()
+        probs, state_out = self._sess.run(
+            [ONNX_OUTPUT_PROBS, ONNX_OUTPUT_STATE], {ONNX_INPUT_FEATURES: f, ONNX_INPUT_STATE: s}
+        )
+        return probs, state_out
+
+
+class OnnxCpuBackend(OrtSessionBackend):
     """:class:`engines.runtime.base.InferenceBackend` on onnxruntime's CPUExecutionProvider."""
 
     name = "onnxruntime"
@@ -64,28 +103,6 @@ class OnnxCpuBackend:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._sess = ort.InferenceSession(str(self.model_path), so, providers=["CPUExecutionProvider"])
-        self._state_size, self._lookahead = read_contract(self._sess, self.model_path)
+        self._read_contract()
         log.debug("onnxruntime CPU backend: %s (state %d, lookahead %d hops)",
                   self.model_path, self._state_size, self._lookahead)
-
-    @property
-    def state_size(self) -> int:
-        """Floats of streaming state per stream."""
-        return self._state_size
-
-    @property
-    def lookahead_hops(self) -> int:
-        """From the model's ``lookahead_hops`` metadata."""
-        return self._lookahead
-
-    def run(
-        self, features: NDArray[np.float32], state: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """(B, T, 40), (B, S) -> (B, T, 15) probs, (B, S) next state."""
-        f, s = check_io(features, state, self._state_size)
-        if f.shape[1] == 0:
-            return empty_probs(f.shape[0]), s.copy()
-        probs, state_out = self._sess.run(
-            [ONNX_OUTPUT_PROBS, ONNX_OUTPUT_STATE], {ONNX_INPUT_FEATURES: f, ONNX_INPUT_STATE: s}
-        )
-        return probs, state_out
