@@ -17,12 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +30,8 @@ import cv2
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+
+from tests.server_proc import ServerProcess, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -58,14 +55,6 @@ GRAB_JS = """() => {
 }"""
 
 
-def free_port(host: str) -> int:
-    """A TCP port on ``host`` that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def get_json(url: str, timeout: float = 5.0) -> Any:
     """GET ``url`` and parse the JSON body."""
     with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -82,60 +71,11 @@ async def wait_sessions(base: str, n: int, timeout_s: float = 10.0) -> int:
         await asyncio.sleep(0.1)
 
 
-class Server:
-    """``python -m server serve`` on ``host`` as a subprocess; output kept in ``log``."""
+class Server(ServerProcess):
+    """The real server on ``host``, photo data and log under ``workdir``."""
 
     def __init__(self, host: str, workdir: Path) -> None:
-        self.host = host
-        self.port = free_port(host)
-        self.log = workdir / "server.log"
-        self.data_dir = workdir / "data"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """http://HOST:PORT"""
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = 120.0) -> None:
-        """Start and wait for ``/healthz``; fails with the server's log otherwise."""
-        cmd = [sys.executable, "-m", "server", "serve", "--host", self.host, "--port", str(self.port),
-               "--data-dir", str(self.data_dir)]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if get_json(self.url + "/healthz", timeout=2).get("ok"):
-                    return
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not answer /healthz within {timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> int | None:
-        """SIGINT (graceful), SIGKILL after 10 s; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def log_tail(self, n: int = 40) -> str:
-        """The last ``n`` lines the server printed."""
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        super().__init__(host, workdir / "server.log", ["--data-dir", str(workdir / "data")])
 
 
 @pytest.fixture(scope="module")
