@@ -14,13 +14,14 @@ PIP := $(BIN)/pip install -q --disable-pip-version-check
 
 .PHONY: setup setup-train setup-test serve test lint bench clean
 
-# Runtime install: the package (editable), its serving dependencies, the silero VAD ONNX file.
+# Runtime install: the package (editable), its serving dependencies, the silero VAD ONNX file,
+# and photo-avatar registration (mediapipe's face mesh; --no-deps: see pyproject.toml).
 setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e .
-	$(PIP) --no-deps silero-vad==6.2.3
+	$(PIP) -e '.[photo]'
+	$(PIP) --no-deps silero-vad==6.2.3 mediapipe==0.10.21
 	touch $@
 
 # Training / evaluation extras (torch 2.13.0 CPU build, onnx, pocketsphinx).
@@ -33,7 +34,6 @@ $(VENV)/.train-done: $(VENV)/.setup-done
 setup-test: $(VENV)/.test-done
 $(VENV)/.test-done: $(VENV)/.train-done
 	$(PIP) -e '.[dev,photo]'
-	$(PIP) --no-deps mediapipe==0.10.21
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

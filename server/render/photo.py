@@ -123,8 +123,14 @@ def detect_faces(rgb: NDArray[np.uint8]) -> list[NDArray[np.float32]]:
     overlapping square windows (and half-size windows when none is found); detections of
     the same face from several windows are merged.
     """
-    _protobuf_compat()
-    import mediapipe as mp  # lazily: only registration needs it
+    try:
+        _protobuf_compat()
+        import mediapipe as mp  # lazily: only registration needs it
+    except ImportError as e:
+        raise AvatarError(
+            f"photo avatars need mediapipe 0.10.21 ({e}); install it with `make setup` "
+            "or `pip install --no-deps mediapipe==0.10.21` plus the [photo] extra"
+        ) from e
 
     h, w = rgb.shape[:2]
     faces: list[NDArray[np.float32]] = []
