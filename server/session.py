@@ -171,13 +171,16 @@ class Session:
         self.pipeline.renderer = renderer
         self.avatar = name
 
-    def set_emotion(self, emotion: str, intensity: float, blend_s: float) -> None:
+    async def set_emotion(self, emotion: str, intensity: float, blend_s: float) -> None:
         """Blend towards an emotion (validated by the animator)."""
         if self.pipeline is None:
             raise ProtocolError("state", "set_emotion before offer")
         t = self.video.frames / self.cfg.video.fps if self.video else 0.0
         try:
-            self.executor.submit(self.pipeline.animator.set_emotion, emotion, intensity, blend_s, t).result(timeout=2)
+            # in the session's worker thread, which owns the animator (never on the event loop)
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.pipeline.animator.set_emotion, emotion, intensity, blend_s, t
+            )
         except ValueError as e:
             raise ProtocolError("bad_control", str(e)) from e
 

@@ -50,7 +50,7 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
     if kind == "offer":
         sdp = await session.handle_offer(msg.get("sdp"), msg.get("avatar"))  # type: ignore[arg-type]
         if "emotion" in msg:
-            session.set_emotion(str(msg["emotion"]), 1.0, 0.0)
+            await session.set_emotion(str(msg["emotion"]), 1.0, 0.0)
         return {"v": PROTOCOL_VERSION, "type": "answer", "sdp": sdp}
     if kind == "candidate":
         cand = msg.get("candidate")
@@ -70,7 +70,7 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
             raise ProtocolError("bad_control", f"emotion must be one of {', '.join(EMOTION_CHOICES)}, got {emotion!r}")
         intensity = _number(msg, "intensity", 1.0, 0.0, 1.0)
         blend = _number(msg, "blend_s", 0.5, 0.0, 10.0)
-        session.set_emotion(str(emotion), intensity, blend)
+        await session.set_emotion(str(emotion), intensity, blend)
         return {"v": PROTOCOL_VERSION, "type": "event", "name": "emotion", "data": {"emotion": emotion, "intensity": intensity, "blend_s": blend}}
     if action == "set_avatar":
         name = msg.get("avatar")

@@ -55,8 +55,8 @@ async def test_killed_worker_ends_only_its_sessions(netns: str, speech_wav: Path
         assert totals["worker_restarts"] == 1 and totals["workers"] == 2
         assert totals["pcs"] == 0 and totals["tasks"] == 0
         # the replacement worker serves new sessions
-        again = await run_client(srv.url, speech_wav, None, None, duration=2.0)
-        assert again.frames_received > 20
+        again = await run_client(srv.url, speech_wav, None, None, duration=2.0, emotion="surprised")
+        assert again.frames_received > 20 and again.errors == []  # the offer's emotion was applied
     finally:
         code = srv.stop()
     assert code in (0, -2, None), srv.log_tail()
@@ -69,7 +69,7 @@ async def test_in_process_sessions(netns: str, speech_wav: Path, tmp_path: Path,
     srv = ServerProcess(netns, tmp_path / "server.log", ["--config", str(cfg), "--data-dir", str(tmp_path / "d"), *model_args()])
     srv.start()
     try:
-        st = await run_client(srv.url, speech_wav, None, None, duration=3.0)
+        st = await run_client(srv.url, speech_wav, None, None, duration=3.0, emotion="happy")
         assert st.frames_received > 50 and st.errors == []
         assert await wait_sessions(srv.url, 0) == 0
         totals = (await get_json(srv.url, "/stats"))["totals"]
