@@ -271,6 +271,7 @@ class Session:
             "fps": round(self.fps.fps(), 2),
             "frames": self.video.frames if self.video else 0,
             "skipped_ticks": self.video.skipped if self.video else 0,
+            "reused_frames": self.pipeline.reused_frames if self.pipeline else 0,
             "audio_frames": self.audio_frames,
             "audio_drops": self.audio_drops,
             "latency_ms": self.latency.summary(),

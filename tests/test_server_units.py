@@ -115,3 +115,20 @@ def test_rolling_stats_and_fps() -> None:
     for i in range(61):
         m.tick(i / 30)
     assert m.fps() == pytest.approx(30.0)
+
+
+def test_state_change_estimate_decides_frame_reuse() -> None:
+    import dataclasses
+
+    from server.pipeline.runner import REUSE_BELOW_PX, state_change_px
+    from server.pipeline.types import AnimationState
+
+    a = AnimationState()
+    assert state_change_px(a, dataclasses.replace(a, t=5.0), 512) == 0.0  # time alone draws nothing
+    tiny = dataclasses.replace(a, breath=a.breath + 0.01, head_roll=0.0005)
+    assert state_change_px(a, tiny, 512) < REUSE_BELOW_PX
+    assert state_change_px(a, dataclasses.replace(a, jaw_open=0.1), 512) > REUSE_BELOW_PX
+    assert state_change_px(a, dataclasses.replace(a, emotion="happy"), 512) == float("inf")
+    v = a.visemes.copy()
+    v[0], v[10] = 0.5, 0.5
+    assert state_change_px(a, dataclasses.replace(a, visemes=v), 512) > REUSE_BELOW_PX

@@ -7,6 +7,7 @@ frame to I420. Both run in the session's single worker thread, never on the even
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,9 @@ class AvatarPipeline:
         self.renderer = renderer
         self._pending_sources: list[float] = []
         self.audio_frames = 0
+        self._last: tuple[AnimationState, NDArray[np.uint8]] | None = None  # last drawn state, frame
+        self._last_renderer: Renderer | None = None
+        self.reused_frames = 0  # frames not redrawn because nothing visibly moved
 
     @property
     def lookahead_hops(self) -> int:
@@ -99,6 +103,7 @@ class AvatarPipeline:
         for stage in (self.ingest, self.vad, self.features, self.visemes, self.prosody, self.animator):
             stage.reset()
         self._pending_sources.clear()
+        self._last = None
 
     def push_frame(self, frame: av.AudioFrame, arrival: float) -> list[VisemeFrame]:
         """Run one decoded audio frame through the chain; returns the viseme frames it completed."""
@@ -136,7 +141,60 @@ class AvatarPipeline:
         return state, sources
 
     def produce(self, t: float) -> tuple[NDArray[np.uint8], list[float], AnimationState]:
-        """Sample, render and convert: (I420 planes, newly reflected arrivals, state)."""
+        """Sample, render and convert: (I420 planes, newly reflected arrivals, state).
+
+        When nothing drawn would move by more than :data:`REUSE_BELOW_PX` since the last
+        rendered state (idle breathing and micro-motion between two ticks, a mouth at rest),
+        the last frame is reused instead of drawing an identical picture again.
+        """
         state, sources = self.sample(t)
-        rgba = self.renderer.render(state)
-        return rgba_to_i420(rgba), sources, state
+        h = self.renderer.size[1]
+        if (
+            self._last is not None
+            and self._last_renderer is self.renderer
+            and state_change_px(self._last[0], state, h) < REUSE_BELOW_PX
+        ):
+            self.reused_frames += 1
+            return self._last[1], sources, state
+        yuv = rgba_to_i420(self.renderer.render(state))
+        self._last = (state, yuv)
+        self._last_renderer = self.renderer
+        return yuv, sources, state
+
+
+REUSE_BELOW_PX = 0.25  # px: smaller changes of the picture are not drawn (a frame is reused)
+
+# How far (as a fraction of the frame height) a drawn point can move per unit change of each
+# AnimationState field: head turns move features ~0.3 H from the pivot, mouth parameters act
+# on a mouth ~0.08 H wide, eyes, brows and gaze on ~0.03 H. Fields not listed (strings, flags)
+# force a redraw on any change.
+_PX_PER_UNIT: dict[str, float] = {
+    "head_yaw": 0.3, "head_pitch": 0.3, "head_roll": 0.3, "head_dx": 1.0, "head_dy": 1.0,
+    "jaw_open": 0.08, "mouth_width": 0.08, "lip_round": 0.08, "lips_pressed": 0.08,
+    "lip_tuck": 0.08, "tongue_tip": 0.08, "teeth_show": 0.08, "smile": 0.08,
+    "visemes": 0.08, "emotion_weights": 0.08,
+    "eye_open_l": 0.03, "eye_open_r": 0.03, "brow_raise": 0.03, "brow_inner": 0.03,
+    "gaze_x": 0.02, "gaze_y": 0.02, "breath": 0.02, "arousal": 0.02,
+}
+_IGNORED = frozenset({"t"})  # stream time itself draws nothing
+
+
+def state_change_px(a: AnimationState, b: AnimationState, height: int) -> float:
+    """Upper estimate of how far (px) anything drawn moves between states ``a`` and ``b``."""
+    worst = 0.0
+    for f in dataclasses.fields(AnimationState):
+        name = f.name
+        if name in _IGNORED:
+            continue
+        va, vb = getattr(a, name), getattr(b, name)
+        scale = _PX_PER_UNIT.get(name)
+        if scale is None:
+            if va != vb:
+                return float("inf")
+            continue
+        if isinstance(va, np.ndarray | tuple):
+            d = float(np.abs(np.asarray(va, np.float64) - np.asarray(vb, np.float64)).sum())
+        else:
+            d = abs(float(va) - float(vb))
+        worst = max(worst, d * scale * height)
+    return worst
