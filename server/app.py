@@ -23,7 +23,7 @@ from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
 from server.errors import AvatarError, ProtocolError
 from server.pipeline.runner import SharedModels, load_models
-from server.session import Session
+from server.session import Session, sessions_summary
 from server.signaling import PROTOCOL_VERSION, dispatch, error, parse_message, welcome
 from server.workers import RemoteSession, WorkerPool
 
@@ -126,13 +126,7 @@ async def stats(request: web.Request) -> web.Response:
     if pool is not None:
         parts = await pool.stats()
     else:
-        local = [h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)]
-        parts = [{
-            "sessions": [s.stats() for s in local],
-            "pcs": sum(1 for s in local if s.pc.connectionState != "closed"),
-            "tasks": sum(len(s.tasks) for s in local),
-            "loop_tasks": len(asyncio.all_tasks()),
-        }]
+        parts = [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
     per = [s for p in parts for s in p["sessions"]]
     totals = {
         "sessions": len(app[SESSIONS]),

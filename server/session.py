@@ -303,6 +303,17 @@ class Session:
         log.info("session %s closed", self.sid)
 
 
+def sessions_summary(sessions: list[Session], **extra: Any) -> dict[str, Any]:
+    """Stats of the sessions one process runs: per-session stats (with ``extra`` fields added),
+    open peer connections, session-owned tasks and all tasks on this process's event loop."""
+    return {
+        "sessions": [{**s.stats(), **extra} for s in sessions],
+        "pcs": sum(1 for s in sessions if s.pc.connectionState != "closed"),
+        "tasks": sum(len(s.tasks) for s in sessions),
+        "loop_tasks": len(asyncio.all_tasks()),
+    }
+
+
 def _push_batch(pipeline: AvatarPipeline, batch: list[tuple[av.AudioFrame, float]]) -> list[VisemeFrame]:
     out: list[VisemeFrame] = []
     for frame, arrival in batch:

@@ -176,13 +176,9 @@ class _Worker:
         self.send({"op": "reply", "id": rid, "reply": reply})
 
     def _stats(self) -> dict[str, Any]:
-        sessions = list(self.sessions.values())
-        return {
-            "sessions": [{**s.stats(), "worker": self.index, "worker_pid": os.getpid()} for s in sessions],
-            "pcs": sum(1 for s in sessions if s.pc.connectionState != "closed"),
-            "tasks": sum(len(s.tasks) for s in sessions),
-            "loop_tasks": len(asyncio.all_tasks()),
-        }
+        from server.session import sessions_summary
+
+        return sessions_summary(list(self.sessions.values()), worker=self.index, worker_pid=os.getpid())
 
 
 # ------------------------------------------------------------------------------- server side

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from engines.predictor import EnergyVisemeModel, VisemeModel
+from engines.onnx_predictor import load_viseme_model as load_neural
+from engines.predictor import VisemeModel
 from server.config import AppConfig, animation_config
 from server.errors import BackendError
 from server.pipeline.ingest import ArrivedFrame, AudioIngest
@@ -30,13 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def load_viseme_model(name: str, engine: str = "auto") -> VisemeModel:
-    """``energy`` → the heuristic baseline; ``default`` or a path → the trained network."""
-    if name == "energy":
-        return EnergyVisemeModel()
-    try:
-        from engines.onnx_predictor import load_viseme_model as load_neural
-    except ImportError as e:  # pragma: no cover - packaging error
-        raise BackendError(f"neural viseme models unavailable: {e}") from e
+    """``energy`` → the heuristic baseline; ``default`` or a path → the trained network.
+
+    A missing model file becomes a :class:`BackendError` (a clear CLI error, not a traceback).
+    """
     try:
         return load_neural(name, engine=engine)
     except FileNotFoundError as e:

@@ -59,16 +59,18 @@ class VadStream:
     after ``hangover_ms`` below ``threshold_off``.
     """
 
+    _state: np.ndarray  # (2, 1, 128) silero recurrent state
+    _context: np.ndarray  # (CONTEXT,) last samples of the previous window
+    _pending: np.ndarray  # samples not yet filling a window
+    _below: int  # windows below threshold_off while speaking
+    prob: float  # latest speech probability
+    speaking: bool  # hysteresis state
+
     def __init__(self, model: SileroVad, config: VadConfig) -> None:
         self._model = model
         self._cfg = config
         self._hangover_windows = max(1, int(round(config.hangover_ms / 1000 / WINDOW_S)))
-        self._state = np.zeros((2, 1, 128), np.float32)
-        self._context = np.zeros(CONTEXT, np.float32)
-        self._pending = np.zeros(0, np.float32)
-        self._below = 0
-        self.prob = 0.0
-        self.speaking = False
+        self.reset()
 
     def reset(self) -> None:
         """Zero the model state and the hysteresis."""
