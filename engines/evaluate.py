@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.features import LogMelStream
-from engines.phonemes import VISEME_TO_RHUBARB
+from engines.phonemes import RHUBARB_SHAPES, VISEME_TO_RHUBARB, rhubarb_decide
 from engines.predictor import VisemeModel
 from engines.spec import HOP_LENGTH, N_VISEMES, SAMPLE_RATE, VISEMES
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 TOLERANCE_HOPS = 4  # +-40 ms
 CHUNK_SAMPLES = SAMPLE_RATE // 50  # 20 ms of audio per push, as the server does
-RHUBARB_SHAPES: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "G", "H", "X")
 METRICS: tuple[str, ...] = ("viseme_strict", "viseme_tolerant", "rhubarb_strict", "rhubarb_tolerant")
 
 
@@ -100,12 +99,21 @@ class Scores:
         default_factory=lambda: np.zeros((len(RHUBARB_SHAPES), len(RHUBARB_SHAPES)), np.int64)
     )
 
-    def add(self, pred: NDArray[np.integer[Any]], ref: NDArray[np.integer[Any]]) -> None:
-        """Score one utterance's (T,) predicted and reference viseme indices."""
+    def add(
+        self, pred: NDArray[np.integer[Any]], ref: NDArray[np.integer[Any]], pred9: NDArray[np.integer[Any]] | None = None
+    ) -> None:
+        """Score one utterance's (T,) predicted and reference viseme indices.
+
+        ``pred9`` is the (T,) Rhubarb shape prediction (from :func:`engines.phonemes.rhubarb_decide`
+        on the probabilities); by default the predicted visemes' shapes.
+        """
         pred, ref = np.asarray(pred, np.int64), np.asarray(ref, np.int64)
         if pred.shape != ref.shape:
             raise ValueError(f"pred {pred.shape} vs ref {ref.shape}")
-        p9, r9 = to_rhubarb(pred), to_rhubarb(ref)
+        p9 = to_rhubarb(pred) if pred9 is None else np.asarray(pred9, np.int64)
+        if p9.shape != pred.shape:
+            raise ValueError(f"pred9 {p9.shape} vs pred {pred.shape}")
+        r9 = to_rhubarb(ref)
         self.frames += int(pred.size)
         self.hits["viseme_strict"] += int(np.sum(pred == ref))
         self.hits["viseme_tolerant"] += int(np.sum(tolerant_hits(pred, ref)))
@@ -202,17 +210,20 @@ def real_sets() -> dict[str, list[LabelledAudio]]:
     return sets
 
 
-def _aligned_pred(probs: NDArray[np.float32], labels: NDArray[np.integer[Any]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def score_probs(sc: Scores, probs: NDArray[np.float32], labels: NDArray[np.integer[Any]]) -> None:
+    """Add one utterance's (T, 15) probabilities against (T,) reference visemes to ``sc``.
+
+    Visemes are scored by argmax, Rhubarb shapes by the summed shape probability.
+    """
     n = min(probs.shape[0], labels.shape[0])
-    return probs[:n].argmax(axis=1), np.asarray(labels[:n], np.int64)
+    sc.add(probs[:n].argmax(axis=1), np.asarray(labels[:n], np.int64), rhubarb_decide(probs[:n]))
 
 
 def score_audio_set(model: VisemeModel, items: Sequence[LabelledAudio]) -> Scores:
     """Stream every recording's audio through ``model``; accumulate the scores."""
     sc = Scores()
     for it in items:
-        pred, ref = _aligned_pred(stream_audio(model, it.audio), it.labels)
-        sc.add(pred, ref)
+        score_probs(sc, stream_audio(model, it.audio), it.labels)
     return sc
 
 
@@ -220,8 +231,7 @@ def score_feature_set(model: VisemeModel, items: Sequence[Any], limit: int | Non
     """Stream corpus utterances (``features``, ``labels``) through ``model``; accumulate scores."""
     sc = Scores()
     for it in list(items)[:limit]:
-        pred, ref = _aligned_pred(stream_features(model, it.features), it.labels)
-        sc.add(pred, ref)
+        score_probs(sc, stream_features(model, it.features), it.labels)
     return sc
 
 

@@ -12,7 +12,10 @@ The reasoning behind each choice is in ``docs/phoneme-visemes.md``. Unknown phon
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
 
 from engines.spec import VISEME_INDEX, VISEMES
 
@@ -353,6 +356,33 @@ VISEME_TO_RHUBARB: Final[dict[str, str]] = {
     "O": "E",  # AO: slightly rounded
     "U": "F",  # UW OW W: puckered
 }
+
+
+RHUBARB_SHAPES: Final[tuple[str, ...]] = ("A", "B", "C", "D", "E", "F", "G", "H", "X")
+
+
+def rhubarb_shape_probs(probs: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+    """(T, 15) viseme probabilities -> (T, 9) Rhubarb shape probabilities (A-H, X order).
+
+    Each shape's probability is the sum over the visemes it groups (``VISEME_TO_RHUBARB``).
+    """
+    p = np.asarray(probs, np.float32)
+    if p.ndim != 2 or p.shape[1] != len(VISEMES):
+        raise ValueError(f"expected (T, {len(VISEMES)}) viseme probabilities, got shape {p.shape}")
+    out = np.zeros((p.shape[0], len(RHUBARB_SHAPES)), np.float32)
+    for i, v in enumerate(VISEMES):
+        out[:, RHUBARB_SHAPES.index(VISEME_TO_RHUBARB[v])] += p[:, i]
+    return out
+
+
+def rhubarb_decide(probs: NDArray[np.floating[Any]]) -> NDArray[np.int64]:
+    """(T, 15) viseme probabilities -> (T,) index into RHUBARB_SHAPES of the likeliest shape.
+
+    Deciding on the summed shape probability (not on the argmax viseme) is the Bayes decision
+    for Rhubarb's shapes: two visemes of one shape (say DD 0.3 + SS 0.3) outvote a single
+    viseme of another (aa 0.4).
+    """
+    return rhubarb_shape_probs(probs).argmax(axis=1).astype(np.int64)
 
 
 def viseme_index(name: str) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines.evaluate import Scores, rhubarb_table
+from engines.evaluate import Scores, rhubarb_table, score_probs
 from engines.export import export_onnx
 from engines.model import ModelConfig, VisemeNet, count_parameters, save_checkpoint
 from engines.spec import LOG_FLOOR, N_MELS, N_VISEMES, VISEMES
@@ -189,7 +189,8 @@ def make_batch(
 
 @torch.no_grad()
 def predict_utterances(model: VisemeNet, feats: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
-    """Whole-sequence argmax per hop (== the streaming output, see tests) with L silence hops."""
+    """Whole-sequence (T, 15) probabilities per utterance (== the streaming output, see tests),
+    with L silence hops appended as ``flush()`` does."""
     model.eval()
     la = model.lookahead_hops
     out = []
@@ -197,16 +198,15 @@ def predict_utterances(model: VisemeNet, feats: list[np.ndarray], device: torch.
         x = np.concatenate([f, np.full((la, N_MELS), SILENCE, np.float32)])
         xt = torch.from_numpy(x)[None].to(device)
         logits, _ = model.logits(xt, model.zero_state(1))
-        out.append(logits[0, la:].argmax(-1).cpu().numpy())
+        out.append(torch.softmax(logits[0, la:], dim=-1).cpu().numpy())
     return out
 
 
 def score_split(model: VisemeNet, feats: list[np.ndarray], labels: list[np.ndarray], device: torch.device) -> dict[str, float]:
     """Frame accuracies (see engines.evaluate.Scores) over utterances."""
     sc = Scores()
-    for pred, ref in zip(predict_utterances(model, feats, device), labels, strict=True):
-        n = min(len(pred), len(ref))
-        sc.add(pred[:n], np.asarray(ref[:n], np.int64))
+    for probs, ref in zip(predict_utterances(model, feats, device), labels, strict=True):
+        score_probs(sc, probs, ref)
     return sc.summary()
 
 

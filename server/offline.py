@@ -211,12 +211,16 @@ def viseme_matrix(frames: list[VisemeFrame]) -> tuple[int, np.ndarray]:
 
 
 def shape_cues(weights: np.ndarray, duration: float) -> list[tuple[float, float, str]]:
-    """Per-hop argmax → Rhubarb shapes, runs merged: [(start s, end s, shape)]."""
-    from engines.phonemes import VISEME_TO_RHUBARB
+    """(T, 15) per-hop viseme weights → Rhubarb shapes, runs merged: [(start s, end s, shape)].
+
+    Each hop takes the shape with the largest summed weight of its visemes
+    (:func:`engines.phonemes.rhubarb_decide`).
+    """
+    from engines.phonemes import RHUBARB_SHAPES, rhubarb_decide
 
     if weights.shape[0] == 0:
         return [(0.0, round(duration, 2), "X")]
-    shapes = [VISEME_TO_RHUBARB[VISEMES[i]] for i in weights.argmax(axis=1)]
+    shapes = [RHUBARB_SHAPES[i] for i in rhubarb_decide(weights)]
     # 3-hop majority filter: a single-hop blip is not a mouth cue
     smooth = list(shapes)
     for i in range(1, len(shapes) - 1):

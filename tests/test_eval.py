@@ -8,6 +8,7 @@ import pytest
 from engines.evaluate import (
     RHUBARB_SHAPES,
     Scores,
+    score_probs,
     stream_audio,
     stream_features,
     strict_accuracy,
@@ -73,3 +74,19 @@ def test_shipped_model_beats_energy_on_real_reference() -> None:
     energy = score_audio_set(EnergyVisemeModel(), ref).summary()
     for metric in ("rhubarb_strict", "rhubarb_tolerant"):
         assert ours[metric] > energy[metric] + 0.1, (metric, ours, energy)
+
+
+def test_rhubarb_decision_sums_the_visemes_of_a_shape() -> None:
+    from engines.phonemes import rhubarb_decide, rhubarb_shape_probs
+
+    p = np.zeros((2, N_VISEMES), np.float32)
+    p[0, [VISEME_INDEX["DD"], VISEME_INDEX["SS"], VISEME_INDEX["aa"]]] = (0.3, 0.3, 0.4)  # B 0.6 > D 0.4
+    p[1, VISEME_INDEX["aa"]] = 1.0
+    assert [RHUBARB_SHAPES[i] for i in rhubarb_decide(p)] == ["B", "D"]
+    assert np.allclose(rhubarb_shape_probs(p).sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        rhubarb_decide(np.zeros((3, 9), np.float32))
+    sc = Scores()
+    score_probs(sc, p, np.array([VISEME_INDEX["SS"], VISEME_INDEX["aa"]]))
+    s = sc.summary()
+    assert s["viseme_strict"] == 0.5 and s["rhubarb_strict"] == 1.0
