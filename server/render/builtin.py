@@ -57,6 +57,7 @@ ROLL_PIVOT: tuple[float, float] = (0.0, 110.0)  # u, head space: the head tilts 
 TORSO_TOP: float = 332.0  # u, design y above which the torso layer is empty
 TORSO_PHASES: int = 4  # sub-pixel phases of the cached torso (breathing)
 BREATH_RISE: float = 3.5  # u, shoulder rise at breath = 1
+COMP_CACHE_BYTES: int = 24 << 20  # background+torso composites kept per renderer (all phases at 512²)
 CAVITY: RGB = (72, 20, 38)  # mouth cavity colour (server.render.measure looks for it)
 TEETH: RGB = (247, 245, 238)
 TONGUE: RGB = (232, 100, 118)
@@ -109,6 +110,11 @@ def viseme_weights(state: AnimationState) -> list[float]:
     return [float(x) for x in np.clip(np.nan_to_num(v, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)]
 
 
+def _bgra_image(arr: NDArray[np.uint8]) -> skia.Image:
+    """A premultiplied RGBA array wrapped (no copy) as a BGRA image, for the fast source-over blend."""
+    return skia.Image.fromarray(arr, colorType=skia.kBGRA_8888_ColorType, alphaType=skia.kPremul_AlphaType, copy=False)
+
+
 @dataclass(frozen=True, slots=True)
 class _Pose:
     """The per-frame head pose, in design units."""
@@ -137,6 +143,11 @@ class BuiltinRenderer:
         self._buf: NDArray[np.uint8] = np.zeros((h, w, 4), np.uint8)
         self._surface = skia.Surface(self._buf, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
         self._canvas = self._surface.getCanvas()
+        # the same pixels seen as BGRA: source-over treats the three colour channels alike, so
+        # blending a premultiplied RGBA image declared as BGRA onto it gives the RGBA result, and
+        # skia's BGRA image blend is several times faster than its RGBA one
+        self._swapped = skia.Surface(self._buf, colorType=skia.kBGRA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
+        self._blend_canvas = self._swapped.getCanvas()
         # background (opaque, pixel space)
         self._bg: NDArray[np.uint8] = np.zeros((h, w, 4), np.uint8)
         bg_surface = skia.Surface(self._bg, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
@@ -147,6 +158,7 @@ class BuiltinRenderer:
         self._torso_y0 = max(0, int(math.floor(self._lay.oy + s * TORSO_TOP)))
         th = h - self._torso_y0 + int(math.ceil(BREATH_RISE * s)) + 2
         self._torso: list[tuple[NDArray[np.uint8], skia.Image]] = []
+        self._torso_top_row: list[int] = []  # per phase: the first torso row with any paint
         for k in range(TORSO_PHASES):
             arr = np.zeros((th, w, 4), np.uint8)
             surf = skia.Surface(arr, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
@@ -156,6 +168,14 @@ class BuiltinRenderer:
             paint_torso(c, style)
             del surf
             self._torso.append((arr, self._image(arr)))
+            rows = np.nonzero(arr[..., 3].any(axis=1))[0]
+            self._torso_top_row.append(int(rows[0]) if len(rows) else th)
+        # background with the torso composited, per breathing position (yi, phase), from frame row
+        # _comp_y0 down: the frame starts as one copy; only the neck's rows are composited per frame
+        self._comp_y0 = max(0, int(math.floor(self._torso_y0 - BREATH_RISE * s)))
+        comp_bytes = (h - self._comp_y0) * w * 4
+        self._comp_max = max(2, COMP_CACHE_BYTES // max(1, comp_bytes))
+        self._comp: dict[tuple[int, int], NDArray[np.uint8]] = {}
         self._neck = neck_path(style)
         self._neck_shadows: list[tuple[skia.Path, float]] = []
         for rect, alpha in ((oval(0.0, 104.0, 44.0, 30.0), 0.55), (oval(0.0, 92.0, 50.0, 30.0), 0.45)):
@@ -164,6 +184,8 @@ class BuiltinRenderer:
             clipped = skia.Op(o, self._neck, skia.PathOp.kIntersect_PathOp)
             if clipped is not None:
                 self._neck_shadows.append((clipped, alpha))
+        nb = self._neck.computeTightBounds()
+        self._neck_box = (nb.left(), nb.top(), nb.right(), nb.bottom())  # head space, u
         # head sprite (premultiplied RGBA) in head space
         x0, y0, x1, y1 = SPRITE_BOX
         sw, sh = int(math.ceil((x1 - x0) * s)) + 2, int(math.ceil((y1 - y0) * s)) + 2
@@ -196,10 +218,8 @@ class BuiltinRenderer:
         emo = emotion_weights(state)
         pose = self._pose(state)
         c = self._canvas
-        np.copyto(self._buf, self._bg)
         c.resetMatrix()
-        self._draw_neck(c, pose)
-        self._draw_torso(c, pose)
+        self._draw_body(c, pose)
         self._draw_sprite(c, pose)
         self._draw_features(c, state, pose, emo)
         c.resetMatrix()
@@ -272,13 +292,57 @@ class BuiltinRenderer:
         a, b, cc, d, e, f = self._affine(pose, par)
         c.setMatrix(skia.Matrix.MakeAll(a, b, cc, d, e, f, 0.0, 0.0, 1.0))
 
-    def _draw_torso(self, c: skia.Canvas, pose: _Pose) -> None:
-        y = self._torso_y0 - BREATH_RISE * pose.breath * self._lay.s
+    def _torso_pos(self, breath: float) -> tuple[int, int]:
+        """Frame row and sub-pixel phase of the torso layer at ``breath``."""
+        y = self._torso_y0 - BREATH_RISE * breath * self._lay.s
         yi = math.floor(y)
         k = round((y - yi) * TORSO_PHASES)
         if k == TORSO_PHASES:
             yi, k = yi + 1, 0
-        c.drawImage(self._torso[k][1], 0, yi)
+        return yi, k
+
+    def _composite(self, yi: int, k: int) -> NDArray[np.uint8]:
+        """Background rows ``_comp_y0``.. with the torso (phase ``k`` at row ``yi``) drawn over them."""
+        key = (yi, k)
+        comp = self._comp.get(key)
+        if comp is None:
+            if len(self._comp) >= self._comp_max:
+                del self._comp[next(iter(self._comp))]
+            comp = self._bg[self._comp_y0 :].copy()
+            surf = skia.Surface(comp, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
+            surf.getCanvas().drawImage(self._torso[k][1], 0, yi - self._comp_y0)
+            del surf
+            self._comp[key] = comp
+        return comp
+
+    def _draw_body(self, c: skia.Canvas, pose: _Pose) -> None:
+        """Background, neck and torso, as if drawn in that order: one copy of the cached
+        background+torso composite, then the neck, with the torso redrawn over the neck's box."""
+        w, h = self._size
+        yi, k = self._torso_pos(pose.breath)
+        y0 = self._comp_y0
+        np.copyto(self._buf[:y0], self._bg[:y0])
+        np.copyto(self._buf[y0:], self._composite(yi, k))
+        # the neck's frame box
+        a, b, cc, d, e, f = self._affine(pose, PAR_NECK)
+        nx0, ny0, nx1, ny1 = self._neck_box
+        xs = [a * x + b * y + cc for x, y in ((nx0, ny0), (nx1, ny0), (nx0, ny1), (nx1, ny1))]
+        ys = [d * x + e * y + f for x, y in ((nx0, ny0), (nx1, ny0), (nx0, ny1), (nx1, ny1))]
+        bx0, bx1 = max(0, math.floor(min(xs)) - 1), min(w, math.ceil(max(xs)) + 2)
+        by0, by1 = max(0, math.floor(min(ys)) - 1), min(h, math.ceil(max(ys)) + 2)
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        # where the neck's box meets the torso: put the background back, draw the neck, then the
+        # torso again (a clip on the neck itself would change its anti-aliasing)
+        ry0 = max(by0, yi + self._torso_top_row[k])
+        if ry0 < by1:
+            np.copyto(self._buf[ry0:by1, bx0:bx1], self._bg[ry0:by1, bx0:bx1])
+        self._draw_neck(c, pose)
+        if ry0 < by1:
+            c.save()
+            c.clipRect(skia.Rect(bx0, ry0, bx1, by1))
+            c.drawImage(self._torso[k][1], 0, yi)
+            c.restore()
 
     def _draw_neck(self, c: skia.Canvas, pose: _Pose) -> None:
         st = self.style
@@ -310,7 +374,7 @@ class BuiltinRenderer:
         warped: NDArray[np.uint8] = cv2.warpAffine(  # type: ignore[assignment]
             self._sprite, m, (bx1 - bx0, by1 - by0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)
         )
-        c.drawImage(self._image(warped), bx0, by0)
+        self._blend_canvas.drawImage(_bgra_image(warped), bx0, by0)
 
     # ------------------------------------------------------------------ features
 
