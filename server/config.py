@@ -104,8 +104,10 @@ class VideoConfig:
     height: int = 512  # px
     fps: float = 30.0  # frames per second
     avatar: str = "auto"  # avatar name (see `avatar avatars`); auto = the default character
+    vp8_cpu_used: int = -8  # libvpx cpu-used, -16..16: larger magnitude = faster encode, lower quality
 
     def __post_init__(self) -> None:
+        _check(-16 <= self.vp8_cpu_used <= 16, "video.vp8_cpu_used", self.vp8_cpu_used, "in -16..16")
         _check(64 <= self.width <= 1920 and self.width % 2 == 0, "video.width", self.width, "even, 64..1920")
         _check(64 <= self.height <= 1920 and self.height % 2 == 0, "video.height", self.height, "even, 64..1920")
         _check(1 <= self.fps <= 60, "video.fps", self.fps, "in 1..60")

@@ -26,6 +26,7 @@ from engines.spec import VISEMES
 from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
+from server.media import vp8
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
@@ -48,6 +49,7 @@ class Session:
         self.clock = clock
         self.seed = seed
         self._send = send
+        vp8.install(cfg.video.vp8_cpu_used)  # idempotent; rendered frames need no denoiser
         ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in cfg.server.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{sid}")

@@ -52,8 +52,8 @@ async def warm_up(cfg: AppConfig, models: Any) -> None:
     first offer/answer), so the first caller's avatar appears as fast as later ones'."""
     import av
     from aiortc import RTCConfiguration, RTCPeerConnection
-    from aiortc.codecs.vpx import Vp8Encoder
 
+    from server.media.vp8 import RenderedVp8Encoder
     from server.pipeline.runner import AvatarPipeline
 
     loop = asyncio.get_running_loop()
@@ -62,7 +62,7 @@ async def warm_up(cfg: AppConfig, models: Any) -> None:
     def frame_path() -> None:
         renderer = models.registry.create(models.registry.default_name(), size)
         yuv, _, _ = AvatarPipeline(models, cfg, 0, renderer).produce(0.0)
-        Vp8Encoder().encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"))
+        RenderedVp8Encoder(cfg.video.vp8_cpu_used).encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"))
 
     await loop.run_in_executor(None, frame_path)
     a, b = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration(iceServers=[]))
