@@ -33,7 +33,6 @@ from server.render.builtin_geom import (
     RGB,
     blurred,
     clamp,
-    color,
     fill,
     frame_layout,
     lerp,
@@ -117,73 +116,6 @@ def viseme_weights(state: AnimationState) -> list[float]:
 def _bgra_image(arr: NDArray[np.uint8]) -> skia.Image:
     """A premultiplied RGBA array wrapped (no copy) as a BGRA image, for the fast source-over blend."""
     return skia.Image.fromarray(arr, colorType=skia.kBGRA_8888_ColorType, alphaType=skia.kPremul_AlphaType, copy=False)
-
-
-Affine = tuple[float, float, float, float, float, float]  # (a, b, c, d, e, f): x' = ax + by + c, y' = dx + ey + f
-
-
-class _Inset:
-    """A small offscreen patch aligned with the frame's pixels, for drawing clipped to a path.
-
-    ``begin`` returns its canvas under the frame's transform ``m`` (shifted to the patch) and
-    filled with an opaque base colour; after drawing into it, filling the path on the frame with
-    ``paint`` puts the patch there. That costs one path fill instead of skia's slow anti-aliased
-    clip on every draw; only the path's edge pixels differ (the content is blended once with the
-    edge coverage instead of once per draw), by a few grey levels.
-    """
-
-    def __init__(self) -> None:
-        self._arr: NDArray[np.uint8] = np.zeros((0, 0, 4), np.uint8)
-        self._surface: skia.Surface | None = None
-        self._canvas: skia.Canvas | None = None
-        self._ox, self._oy = 0, 0
-        self._m: Affine = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
-    def begin(self, m: Affine, bounds: skia.Rect, base: int) -> skia.Canvas:
-        """The patch canvas covering ``bounds`` (local units) under ``m``, cleared to ``base``."""
-        a, b, cc, d, e, f = m
-        x0, t, x1, btm = bounds.left(), bounds.top(), bounds.right(), bounds.bottom()
-        xs = (a * x0 + b * t, a * x1 + b * t, a * x0 + b * btm, a * x1 + b * btm)
-        ys = (d * x0 + e * t, d * x1 + e * t, d * x0 + e * btm, d * x1 + e * btm)
-        ox, oy = math.floor(cc + min(xs)) - 2, math.floor(f + min(ys)) - 2
-        w, h = math.ceil(cc + max(xs)) + 3 - ox, math.ceil(f + max(ys)) + 3 - oy
-        if self._canvas is None or h > self._arr.shape[0] or w > self._arr.shape[1]:
-            self._arr = np.zeros((max(h, self._arr.shape[0]), max(w, self._arr.shape[1]), 4), np.uint8)
-            self._surface = skia.Surface(self._arr, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
-            self._canvas = self._surface.getCanvas()
-        self._ox, self._oy, self._m = ox, oy, m
-        self._canvas.setMatrix(skia.Matrix.MakeAll(a, b, cc - ox, d, e, f - oy, 0.0, 0.0, 1.0))
-        self._canvas.clear(base)
-        return self._canvas
-
-    def paint(self) -> skia.Paint:
-        """Fill paint (for the frame canvas under the same ``m``) that shows the patch 1:1."""
-        a, b, cc, d, e, f = self._m
-        det = a * e - b * d
-        ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
-        ic, if_ = (b * f - cc * e) / det, (cc * d - a * f) / det
-        ox, oy = self._ox, self._oy
-        local = skia.Matrix.MakeAll(ia, ib, ia * ox + ib * oy + ic, id_, ie, id_ * ox + ie * oy + if_, 0.0, 0.0, 1.0)
-        img = skia.Image.fromarray(self._arr, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType, copy=False)
-        shader = img.makeShader(skia.TileMode.kClamp, skia.TileMode.kClamp, skia.SamplingOptions(), local)
-        return skia.Paint(AntiAlias=True, Shader=shader)
-
-
-@dataclass(frozen=True, slots=True)
-class _Eye:
-    """One eye's per-frame geometry (head space, u)."""
-
-    side: float
-    op: float
-    scale: float
-    xi: float  # inner corner
-    yi: float
-    xo: float  # outer corner
-    yo: float
-    h_up: float
-    h_lo: float
-    up: skia.Path | None  # upper lid line (None: closed)
-    white: skia.Path | None  # the eye opening
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +215,6 @@ class BuiltinRenderer:
         self._nose_shadow = shade(style.skin_shadow, 0.95)
         self._paints: dict[tuple[object, ...], skia.Paint] = {}
         self._pupil = 0.46  # pupil radius / iris radius, set per frame from arousal
-        self._inset_eyes = _Inset()
 
     # ------------------------------------------------------------------ protocol
 
@@ -506,17 +437,14 @@ class BuiltinRenderer:
         self._pupil = 0.42 + 0.08 * _f(state.arousal, 0.0, 1.0) + 0.04 * surprised  # iris fraction
         brow_i = clamp(_f(state.brow_inner, -1.0, 1.0) + 0.3 * sad - 0.4 * angry, -1.0, 1.0)
         gx, gy = _f(state.gaze_x, -1.0, 1.0), _f(state.gaze_y, -1.0, 1.0)
-        eyes = []
         for side, open_raw in ((-1.0, state.eye_open_l), (1.0, state.eye_open_r)):
             op = _f(open_raw, 0.0, 1.3, 1.0)
             op = op * (1.0 + 0.12 * surprised - 0.12 * happy - 0.08 * thinking)
             # far eye (turning away) a little smaller
-            eyes.append(self._eye_shape(side, op, emo, 1.0 + 0.12 * side * pose.yaw))
-        self._eye_whites(c, [e for e in eyes if e.white is not None], gx, gy, self._affine(pose, PAR_EYES))
-        for eye in eyes:
-            self._eye_lines(c, eye, emo)
-            asym = thinking * (0.45 if eye.side > 0 else -0.15)
-            self._brow(c, eye.side, clamp(brow_r + asym, -1.0, 1.0), brow_i, emo, eye.scale)
+            scale = 1.0 + 0.12 * side * pose.yaw
+            self._eye(c, side, op, gx, gy, emo, scale)
+            asym = thinking * (0.45 if side > 0 else -0.15)
+            self._brow(c, side, clamp(brow_r + asym, -1.0, 1.0), brow_i, emo, scale)
         if angry > 0.05:
             for sx in (-1.0, 1.0):
                 crease = smooth_path([(sx * 6.0, -32.0), (sx * 8.0, -22.0), (sx * 7.0, -14.0)], closed=False)
@@ -530,7 +458,7 @@ class BuiltinRenderer:
         self._mouth(c, state, emo)
         _ = (sad,)
 
-    def _eye_shape(self, side: float, op: float, emo: dict[str, float], scale: float) -> _Eye:
+    def _eye(self, c: skia.Canvas, side: float, op: float, gx: float, gy: float, emo: dict[str, float], scale: float) -> None:
         st = self.style
         cx = side * st.eye_gap
         w = st.eye_w * scale
@@ -538,50 +466,11 @@ class BuiltinRenderer:
         yi, yo = EYE_Y + 1.0, EYE_Y - st.eye_tilt
         happy, sad, angry = emo["happy"], emo["sad"], emo["angry"]
         h_up = st.eye_h * scale * op
-        h_lo = st.eye_h * scale * 0.55 * (1.0 - 0.75 * happy) * min(1.0, 0.4 + op)
-        if op < 0.12:
-            return _Eye(side, op, scale, xi, yi, xo, yo, h_up, h_lo, None, None)
         hu_in = h_up * (1.0 - 0.5 * angry)
         hu_out = h_up * (1.0 - 0.4 * sad)
-        up = skia.Path()
-        up.moveTo(xi, yi)
-        up.cubicTo(lerp(xi, xo, 0.25), yi - hu_in * 1.33, lerp(xi, xo, 0.75), yo - hu_out * 1.33, xo, yo)
-        white = skia.Path(up)
-        white.cubicTo(lerp(xi, xo, 0.7), yo + h_lo * 1.33, lerp(xi, xo, 0.3), yi + h_lo * 1.33, xi, yi)
-        white.close()
-        return _Eye(side, op, scale, xi, yi, xo, yo, h_up, h_lo, up, white)
-
-    def _eye_whites(self, c: skia.Canvas, eyes: list[_Eye], gx: float, gy: float, m: Affine) -> None:
-        """The open eyes' whites with iris, pupil, glints and lid shadow, clipped to the opening."""
-        if not eyes:
-            return
-        st = self.style
-        both = skia.Path(eyes[0].white)
-        for eye in eyes[1:]:
-            both.addPath(eye.white)
-        ic = self._inset_eyes.begin(m, both.computeTightBounds(), color(SCLERA))
-        for eye in eyes:
-            scale = eye.scale
-            ir = st.iris_r * scale
-            ix = eye.side * st.eye_gap + gx * 0.42 * st.eye_w * scale
-            iy = EYE_Y - 0.5 + gy * 0.4 * st.eye_h
-            ic.drawCircle(ix, iy, ir, self._fp(st.iris))
-            ic.drawCircle(ix, iy + ir * 0.25, ir * 0.7, self._fp(shade(st.iris, 1.35), 0.55))
-            ic.drawCircle(ix, iy, ir, self._sp(shade(st.iris, 0.55), 1.3 * scale))
-            ic.drawCircle(ix, iy, ir * self._pupil, self._fp((16, 12, 14)))
-            ic.drawCircle(ix - ir * 0.35, iy - ir * 0.38, ir * 0.24, self._fp((255, 255, 255), 0.95))
-            ic.drawCircle(ix + ir * 0.3, iy + ir * 0.3, ir * 0.1, self._fp((255, 255, 255), 0.7))
-            ic.drawPath(eye.up, self._sp(st.skin_shadow, 4.5 * scale, 0.45))  # lid shadow on the eyeball
-        c.drawPath(both, self._inset_eyes.paint())
-
-    def _eye_lines(self, c: skia.Canvas, eye: _Eye, emo: dict[str, float]) -> None:
-        """Lash line, outer flick, lower lid and crease (or the closed lid)."""
-        st = self.style
-        side, scale, op = eye.side, eye.scale, eye.op
-        xi, yi, xo, yo = eye.xi, eye.yi, eye.xo, eye.yo
-        happy = emo["happy"]
+        h_lo = st.eye_h * scale * 0.55 * (1.0 - 0.75 * happy) * min(1.0, 0.4 + op)
         lash = self._sp(st.lash, 2.6 * scale)
-        if eye.up is None:
+        if op < 0.12:
             # closed: lash line curving down (or up for a happy squint)
             bend = 3.5 * scale * (1.0 - 2.0 * happy)
             p = skia.Path()
@@ -590,20 +479,38 @@ class BuiltinRenderer:
             c.drawPath(p, lash)
             c.drawLine(xo, yo, xo + side * 4.0 * scale, yo - 2.0 * scale, self._sp(st.lash, 1.8 * scale))
             return
-        c.drawPath(eye.up, lash)
+        up = skia.Path()
+        up.moveTo(xi, yi)
+        up.cubicTo(lerp(xi, xo, 0.25), yi - hu_in * 1.33, lerp(xi, xo, 0.75), yo - hu_out * 1.33, xo, yo)
+        eye = skia.Path(up)
+        eye.cubicTo(lerp(xi, xo, 0.7), yo + h_lo * 1.33, lerp(xi, xo, 0.3), yi + h_lo * 1.33, xi, yi)
+        eye.close()
+        c.drawPath(eye, self._fp(SCLERA))
+        c.save()
+        c.clipPath(eye, doAntiAlias=True)
+        ir = st.iris_r * scale
+        ix, iy = cx + gx * 0.42 * w, EYE_Y - 0.5 + gy * 0.4 * st.eye_h
+        c.drawCircle(ix, iy, ir, self._fp(st.iris))
+        c.drawCircle(ix, iy + ir * 0.25, ir * 0.7, self._fp(shade(st.iris, 1.35), 0.55))
+        c.drawCircle(ix, iy, ir, self._sp(shade(st.iris, 0.55), 1.3 * scale))
+        c.drawCircle(ix, iy, ir * self._pupil, self._fp((16, 12, 14)))
+        c.drawCircle(ix - ir * 0.35, iy - ir * 0.38, ir * 0.24, self._fp((255, 255, 255), 0.95))
+        c.drawCircle(ix + ir * 0.3, iy + ir * 0.3, ir * 0.1, self._fp((255, 255, 255), 0.7))
+        c.drawPath(up, self._sp(st.skin_shadow, 4.5 * scale, 0.45))  # lid shadow on the eyeball
+        c.restore()
+        c.drawPath(up, lash)
         # outer lash flick
         flick = skia.Path()
         flick.moveTo(xo - side * 3.0 * scale, yo - 1.0 * scale)
         flick.quadTo(xo + side * 2.0 * scale, yo - 1.0 * scale, xo + side * 5.0 * scale, yo - 4.5 * scale)
         c.drawPath(flick, self._sp(st.lash, 1.8 * scale))
-        h_lo = eye.h_lo
         lower = skia.Path()
         lower.moveTo(xo, yo)
         lower.cubicTo(lerp(xi, xo, 0.7), yo + h_lo * 1.33, lerp(xi, xo, 0.3), yi + h_lo * 1.33, xi, yi)
         c.drawPath(lower, self._sp(st.skin_shadow, 1.1 * scale, 0.55 + 0.3 * happy))
         # lid crease
         crease = skia.Path()
-        ch = eye.h_up + 5.0 * scale + 2.0 * (1.0 - op)
+        ch = h_up + 5.0 * scale + 2.0 * (1.0 - op)
         crease.moveTo(lerp(xi, xo, 0.1), yi - ch * 0.6)
         crease.cubicTo(lerp(xi, xo, 0.3), yi - ch * 1.3, lerp(xi, xo, 0.75), yo - ch * 1.25, lerp(xi, xo, 0.95), yo - ch * 0.5)
         c.drawPath(crease, self._sp(st.skin_shadow, 1.3 * scale, 0.45))
