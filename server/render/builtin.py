@@ -57,6 +57,7 @@ ROLL_PIVOT: tuple[float, float] = (0.0, 110.0)  # u, head space: the head tilts 
 TORSO_TOP: float = 332.0  # u, design y above which the torso layer is empty
 TORSO_PHASES: int = 4  # sub-pixel phases of the cached torso (breathing)
 BREATH_RISE: float = 3.5  # u, shoulder rise at breath = 1
+PAINT_CACHE: int = 2048  # paints kept per kind (fill, stroke, blur) before the cache is reset
 COMP_CACHE_BYTES: int = 24 << 20  # background+torso composites kept per renderer (all phases at 512²)
 CAVITY: RGB = (72, 20, 38)  # mouth cavity colour (server.render.measure looks for it)
 TEETH: RGB = (247, 245, 238)
@@ -110,7 +111,7 @@ def viseme_weights(state: AnimationState) -> list[float]:
         return [0.0] * N_VISEMES
     if v.shape[0] != N_VISEMES:
         return [0.0] * N_VISEMES
-    return [float(x) for x in np.clip(np.nan_to_num(v, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)]
+    return [clamp(x, 0.0, 1.0) for x in v.tolist()]  # NaN -> 0, ±inf -> 1 / 0
 
 
 def _bgra_image(arr: NDArray[np.uint8]) -> skia.Image:
@@ -213,7 +214,9 @@ class BuiltinRenderer:
         self._sprite_origin = (x0 + u0 / s, y0 + v0 / s)  # head-space point of sprite px (0, 0)
         self._neck_hidden_y = self._neck_hidden_top()
         self._nose_shadow = shade(style.skin_shadow, 0.95)
-        self._paints: dict[tuple[object, ...], skia.Paint] = {}
+        self._fills: dict[tuple[RGB, int], skia.Paint] = {}
+        self._strokes: dict[tuple[RGB, int, int], skia.Paint] = {}
+        self._blurs: dict[tuple[RGB, int, int], skia.Paint] = {}
         self._pupil = 0.46  # pupil radius / iris radius, set per frame from arousal
 
     # ------------------------------------------------------------------ protocol
@@ -241,30 +244,38 @@ class BuiltinRenderer:
     def _image(arr: NDArray[np.uint8]) -> skia.Image:
         return skia.Image.fromarray(arr, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType, copy=False)
 
-    def _cached(self, key: tuple[object, ...], make: Callable[[], skia.Paint]) -> skia.Paint:
-        p = self._paints.get(key)
-        if p is None:
-            if len(self._paints) > 4096:  # bounded: continuous alphas/widths are quantised anyway
-                self._paints.clear()
-            p = self._paints[key] = make()
-        return p
-
     def _fp(self, c: RGB, alpha: float = 1.0) -> skia.Paint:
         """Cached solid fill paint (alpha quantised to 1/255)."""
-        a = round(clamp(alpha, 0.0, 1.0) * 255)
-        return self._cached(("f", c, a), lambda: fill(c, a / 255))
+        a = 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
+        key = (c, a)
+        p = self._fills.get(key)
+        if p is None:
+            if len(self._fills) > PAINT_CACHE:  # bounded: continuous alphas are quantised anyway
+                self._fills.clear()
+            p = self._fills[key] = fill(c, a / 255)
+        return p
 
     def _sp(self, c: RGB, width: float, alpha: float = 1.0) -> skia.Paint:
         """Cached round-capped stroke paint (width quantised to 1/64 u)."""
-        a = round(clamp(alpha, 0.0, 1.0) * 255)
-        wq = round(width * 64)
-        return self._cached(("s", c, a, wq), lambda: stroke(c, wq / 64, a / 255))
+        a = 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
+        key = (c, a, round(width * 64))
+        p = self._strokes.get(key)
+        if p is None:
+            if len(self._strokes) > PAINT_CACHE:
+                self._strokes.clear()
+            p = self._strokes[key] = stroke(c, key[2] / 64, a / 255)
+        return p
 
     def _bp(self, c: RGB, alpha: float, sigma: float) -> skia.Paint:
         """Cached soft fill paint (``sigma`` in px, quantised to 1/16)."""
-        a = round(clamp(alpha, 0.0, 1.0) * 255)
-        sq = round(sigma * 16)
-        return self._cached(("b", c, a, sq), lambda: blurred(c, a / 255, sq / 16))
+        a = 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
+        key = (c, a, round(sigma * 16))
+        p = self._blurs.get(key)
+        if p is None:
+            if len(self._blurs) > PAINT_CACHE:
+                self._blurs.clear()
+            p = self._blurs[key] = blurred(c, a / 255, key[2] / 16)
+        return p
 
     def _pose(self, state: AnimationState) -> _Pose:
         w, h = self._size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import skia
 
@@ -60,6 +61,7 @@ def lerp(a: float, b: float, t: float) -> float:
     return a + (b - a) * t
 
 
+@lru_cache(maxsize=1024)
 def mix(c1: RGB, c2: RGB, t: float) -> RGB:
     """Colour c1 → c2 at t (0..1)."""
     return (
@@ -69,6 +71,7 @@ def mix(c1: RGB, c2: RGB, t: float) -> RGB:
     )
 
 
+@lru_cache(maxsize=1024)
 def shade(c: RGB, f: float) -> RGB:
     """Darken (f < 1) or lighten toward white (f > 1) a colour."""
     if f <= 1.0:
