@@ -12,7 +12,7 @@ APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k
             wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: setup setup-train setup-test serve test lint bench clean
+.PHONY: setup setup-train setup-test serve test lint bench model clean
 
 # Runtime install: the package (editable), its serving dependencies, the silero VAD ONNX file,
 # and photo-avatar registration (mediapipe's face mesh; --no-deps: see pyproject.toml).
@@ -58,6 +58,24 @@ lint: setup-test
 
 bench: setup-test
 	$(BIN)/python bench/latency.py
+
+# Retrain the viseme model from scratch, one command: the corpora (deterministic from their seeds;
+# an interrupted run resumes), MODEL_MINUTES of training on one CPU thread (or a CUDA GPU), ONNX
+# export with parity checks, evaluation into $(MODEL_RUN)/eval. Ship it with
+#   cp $(MODEL_RUN)/visemes.onnx engines/weights/visemes.onnx
+MODEL_RUN ?= runs/model
+MODEL_MINUTES ?= 52
+MODEL_ARGS ?= --lookahead-ms 40 --seed 0
+GEN := $(BIN)/python -m engines.corpus.generate --minutes 240 --jobs 2
+model: setup-test
+	$(BIN)/python -m engines.corpus.generate --out data/corpus3/val --minutes 30 --seed 12 --jobs 2 --val
+	$(GEN) --out data/corpus2/train --seed 11 --festival-fraction 0.15 --aug p_pitch=0.2
+	$(GEN) --out data/corpus4/train --seed 31
+	$(GEN) --out data/corpus5/train --seed 41
+	$(GEN) --out data/corpus6/train --seed 51
+	$(BIN)/python -m engines.train --corpus data/corpus2 data/corpus4 data/corpus5 data/corpus6 \
+	  --val data/corpus3/val --out $(MODEL_RUN) --minutes $(MODEL_MINUTES) $(MODEL_ARGS)
+	$(BIN)/python -m engines.evaluate --model $(MODEL_RUN)/visemes.onnx --corpus data/corpus3 --out $(MODEL_RUN)/eval
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
