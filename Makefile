@@ -65,7 +65,7 @@ bench: setup-test
 #   cp $(MODEL_RUN)/visemes.onnx engines/weights/visemes.onnx
 MODEL_RUN ?= runs/model
 MODEL_MINUTES ?= 52
-MODEL_ARGS ?= --lookahead-ms 40 --seed 0
+MODEL_ARGS ?= --lookahead-ms 40 --seed 0 --channels 160 --hidden 224
 GEN := $(BIN)/python -m engines.corpus.generate --minutes 240 --jobs 2
 model: setup-test
 	$(BIN)/python -m engines.corpus.generate --out data/corpus3/val --minutes 30 --seed 12 --jobs 2 --val
