@@ -22,6 +22,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from fractions import Fraction  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,31 +37,32 @@ from bench.render_speed import states  # noqa: E402
 from server.avatars import AvatarRegistry  # noqa: E402
 from server.media.vp8 import DEFAULT_CPU_USED  # noqa: E402
 
-BITRATE = 500_000  # bit/s, aiortc's default VP8 target
+VIDEO_TIME_BASE = Fraction(1, 90000)  # s per pts unit (RTP video clock)
 
 
-def open_encoder(noise_sensitivity: int, cpu_used: int, size: int) -> av.codec.context.CodecContext:
-    """A one-thread libvpx context with aiortc's rate control and the given two options."""
+def open_encoder(noise_sensitivity: int, cpu_used: int, size: int, bitrate: int) -> av.codec.context.CodecContext:
+    """A one-thread libvpx context with aiortc's rate control and the given options."""
     c = av.CodecContext.create("libvpx", "w")
     c.width = c.height = size
-    c.bit_rate, c.pix_fmt, c.gop_size, c.qmin, c.qmax = BITRATE, "yuv420p", 3000, 2, 56
+    c.time_base = VIDEO_TIME_BASE  # as aiortc's frames: pts in 90 kHz units, 3000 per 30 fps frame
+    c.bit_rate, c.pix_fmt, c.gop_size, c.qmin, c.qmax = bitrate, "yuv420p", 3000, 2, 56
     c.options = {
-        "bufsize": str(BITRATE), "cpu-used": str(cpu_used), "deadline": "realtime", "lag-in-frames": "0",
-        "minrate": str(BITRATE), "maxrate": str(BITRATE), "noise-sensitivity": str(noise_sensitivity),
+        "bufsize": str(bitrate), "cpu-used": str(cpu_used), "deadline": "realtime", "lag-in-frames": "0",
+        "minrate": str(bitrate), "maxrate": str(bitrate), "noise-sensitivity": str(noise_sensitivity),
         "overshoot-pct": "15", "partitions": "0", "static-thresh": "1", "undershoot-pct": "100",
     }
     c.thread_count = 1
     return c
 
 
-def run(frames: list[np.ndarray], noise_sensitivity: int, cpu_used: int, fps: float) -> dict[str, float]:
+def run(frames: list[np.ndarray], noise_sensitivity: int, cpu_used: int, fps: float, bitrate: int) -> dict[str, float]:
     """Encode ``frames`` (I420 arrays) → median/p95 ms per frame, kbit/s, mean PSNR (dB)."""
     size = frames[0].shape[1]
-    enc, dec = open_encoder(noise_sensitivity, cpu_used, size), av.CodecContext.create("libvpx", "r")
+    enc, dec = open_encoder(noise_sensitivity, cpu_used, size, bitrate), av.CodecContext.create("libvpx", "r")
     times, nbytes, psnr = [], 0, []
     for i, yuv in enumerate(frames):
         f = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        f.pts = i
+        f.pts, f.time_base = round(i * 90000 / fps), VIDEO_TIME_BASE
         t0 = time.perf_counter()
         packets = enc.encode(f)
         times.append(time.perf_counter() - t0)
@@ -85,20 +87,25 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cpu-used", type=int, default=DEFAULT_CPU_USED, help="ours (configs: video.vp8_cpu_used)")
+    ap.add_argument("--kbps", type=int, nargs="+", default=[500, 1500],
+                    help="target bitrates, kbit/s (aiortc starts at 500 and follows the receiver's REMB up to 1500)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:  # an empty data folder: built-ins and sprites only
         renderer = AvatarRegistry(Path(tmp)).create(args.avatar, (args.size, args.size))
     frames = [cv2.cvtColor(renderer.render(s), cv2.COLOR_RGBA2YUV_I420) for s in states(args.frames)]
-    settings = {"aiortc (denoiser 4, cpu-used -6)": (4, -6), f"ours (denoiser off, cpu-used {args.cpu_used})": (0, args.cpu_used)}
+    settings: dict[str, tuple[int, int, int]] = {}
+    for kbps in args.kbps:
+        settings[f"aiortc (denoiser 4, cpu-used -6) {kbps} kbit/s"] = (4, -6, kbps * 1000)
+        settings[f"ours (denoiser off, cpu-used {args.cpu_used}) {kbps} kbit/s"] = (0, args.cpu_used, kbps * 1000)
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in settings}
     for _ in range(args.repeats):
-        for name, (ns, cpu) in settings.items():
-            rows[name].append(run(frames, ns, cpu, 30.0))
+        for name, (ns, cpu, rate) in settings.items():
+            rows[name].append(run(frames, ns, cpu, 30.0, rate))
     print(f"{args.avatar} {args.size}x{args.size}, {args.frames} frames, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; best of {args.repeats} interleaved rounds")
     for name, rs in rows.items():
         best = min(rs, key=lambda r: r["median_ms"])
-        print(f"  {name:40s} {best['median_ms']:.2f} ms/frame (p95 {best['p95_ms']:.2f}), "
+        print(f"  {name:52s} {best['median_ms']:.2f} ms/frame (p95 {best['p95_ms']:.2f}), "
               f"{best['kbps']:.0f} kbit/s, PSNR {best['psnr_db']:.1f} dB")
     return 0
 

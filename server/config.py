@@ -90,8 +90,10 @@ class VisemeConfig:
 
     model: str = "default"  # "default" (engines/weights/visemes.onnx), "energy", or a .onnx path
     engine: str = "auto"  # auto | tensorrt | cuda | onnxruntime
+    channel_interval_ms: float = 40.0  # ms, least time between two `visemes` data-channel messages
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.channel_interval_ms <= 1000.0, "visemes.channel_interval_ms", self.channel_interval_ms, "in 0..1000 ms")
         _check(self.engine in ("auto", "tensorrt", "cuda", "onnxruntime"), "visemes.engine", self.engine, "one of auto, tensorrt, cuda, onnxruntime")
         _check(bool(self.model), "visemes.model", self.model, "a model name or path")
 
@@ -104,10 +106,12 @@ class VideoConfig:
     height: int = 512  # px
     fps: float = 30.0  # frames per second
     avatar: str = "auto"  # avatar name (see `avatar avatars`); auto = the default character
-    vp8_cpu_used: int = -8  # libvpx cpu-used, -16..16: larger magnitude = faster encode, lower quality
+    vp8_cpu_used: int = -12  # libvpx cpu-used, -16..16: larger magnitude = faster encode, lower quality
+    max_bitrate_kbps: int = 500  # kbit/s, ceiling on the VP8 target bitrate the receiver's REMB asks for
 
     def __post_init__(self) -> None:
         _check(-16 <= self.vp8_cpu_used <= 16, "video.vp8_cpu_used", self.vp8_cpu_used, "in -16..16")
+        _check(50 <= self.max_bitrate_kbps <= 10_000, "video.max_bitrate_kbps", self.max_bitrate_kbps, "in 50..10000 kbit/s")
         _check(64 <= self.width <= 1920 and self.width % 2 == 0, "video.width", self.width, "even, 64..1920")
         _check(64 <= self.height <= 1920 and self.height % 2 == 0, "video.height", self.height, "even, 64..1920")
         _check(1 <= self.fps <= 60, "video.fps", self.fps, "in 1..60")

@@ -49,7 +49,7 @@ class Session:
         self.clock = clock
         self.seed = seed
         self._send = send
-        vp8.install(cfg.video.vp8_cpu_used)  # idempotent; rendered frames need no denoiser
+        vp8.install(cfg.video.vp8_cpu_used, cfg.video.max_bitrate_kbps * 1000)  # idempotent; rendered frames need no denoiser
         ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in cfg.server.ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{sid}")
@@ -68,6 +68,9 @@ class Session:
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
         self._sent_names = False
+        self._dc_pending: list[VisemeFrame] = []  # hops waiting for the next data-channel message
+        self._dc_last_sent = -1e9  # clock time of the last visemes message, s
+        self._dc_timer: asyncio.TimerHandle | None = None
         self.on_closed: Callable[[Session], Awaitable[None]] | None = None
 
         @self.pc.on("track")
@@ -234,15 +237,38 @@ class Session:
             self.latency.add((now - s) * 1000.0)
 
     def _send_visemes(self, frames: list[VisemeFrame]) -> None:
+        """Queue hops for the data channel; send at most one message per ``channel_interval_ms``.
+
+        Hops ready sooner wait (a timer sends them if no more audio comes), so every hop is
+        sent exactly once and in order, at most ``channel_interval_ms`` after it was ready.
+        """
         ch = self.channel
         if ch is None or ch.readyState != "open" or self.pipeline is None:
             return
+        self._dc_pending.extend(frames)
+        interval = self.cfg.visemes.channel_interval_ms / 1000.0
+        wait = self._dc_last_sent + interval - self.clock.now()
+        if wait <= 0.0:
+            self._flush_visemes()
+        elif self._dc_timer is None:
+            self._dc_timer = asyncio.get_running_loop().call_later(wait, self._flush_visemes)
+
+    def _flush_visemes(self) -> None:
+        """Send the queued hops as one ``visemes`` message."""
+        if self._dc_timer is not None:
+            self._dc_timer.cancel()
+            self._dc_timer = None
+        frames, self._dc_pending = self._dc_pending, []
+        ch = self.channel
+        if not frames or ch is None or ch.readyState != "open" or self.pipeline is None:
+            return
+        self._dc_last_sent = self.clock.now()
         weights = np.concatenate([f.weights for f in frames])
         msg: dict[str, Any] = {
             "type": "visemes",
             "hop": frames[0].hop,
             "hop_s": 0.01,
-            "server_t": round(self.clock.now(), 4),
+            "server_t": round(self._dc_last_sent, 4),
             "weights": np.round(weights, 3).tolist(),
             "vad": {"prob": round(frames[-1].speech_prob, 3), "speaking": frames[-1].speaking},
             "lookahead_ms": self.pipeline.lookahead_hops * 10,
@@ -296,6 +322,9 @@ class Session:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._dc_timer is not None:
+            self._dc_timer.cancel()
+            self._dc_timer = None
         if self.video is not None:
             self.video.stop()
         await self.pc.close()

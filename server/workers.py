@@ -62,7 +62,7 @@ async def warm_up(cfg: AppConfig, models: Any) -> None:
     def frame_path() -> None:
         renderer = models.registry.create(models.registry.default_name(), size)
         yuv, _, _ = AvatarPipeline(models, cfg, 0, renderer).produce(0.0)
-        RenderedVp8Encoder(cfg.video.vp8_cpu_used).encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"))
+        RenderedVp8Encoder(cfg.video.vp8_cpu_used, cfg.video.max_bitrate_kbps * 1000).encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p"))
 
     await loop.run_in_executor(None, frame_path)
     a, b = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -72,3 +72,16 @@ def test_reopens_on_size_change_and_rejects_bad_speed() -> None:
     assert enc.codec is not first and enc.codec is enc.own_codec and enc.codec.width == 64
     with pytest.raises(ValueError, match="cpu_used 20"):
         vp8.RenderedVp8Encoder(20)
+
+
+def test_bitrate_ceiling_holds_against_remb() -> None:
+    enc = vp8.RenderedVp8Encoder(max_bitrate=400_000)
+    assert enc.target_bitrate == 400_000  # aiortc would start at 500 kbit/s
+    enc.target_bitrate = 1_500_000  # what a receiver's REMB asks for on a fast link
+    assert enc.target_bitrate == 400_000
+    enc.target_bitrate = 250_000  # REMB may still lower it
+    assert enc.target_bitrate == 250_000
+    enc.encode(_frames(1)[0])
+    assert enc.codec is enc.own_codec and enc.codec.bit_rate == 250_000
+    with pytest.raises(ValueError, match="max_bitrate 10"):
+        vp8.RenderedVp8Encoder(max_bitrate=10)

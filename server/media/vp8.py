@@ -1,11 +1,15 @@
 """VP8 encoding tuned for rendered avatar frames.
 
 aiortc's ``Vp8Encoder`` is set up for camera video: libvpx's temporal denoiser at
-``noise-sensitivity`` 4 and ``cpu-used`` -6. Rendered frames carry no sensor noise, so the
-denoiser is pure cost: on ``ava`` at 512² it takes about half of the encode time, at the same
-PSNR and bitrate (measured: 2.8 → 1.5 ms per frame, 39.7 dB; ``bench/vp8_settings.py``).
-:class:`RenderedVp8Encoder` keeps every other aiortc setting (CBR at aiortc's target bitrate,
-``lag-in-frames`` 0, keyframes on request) and changes those two.
+``noise-sensitivity`` 4, ``cpu-used`` -6, and a target bitrate that starts at 500 kbit/s and
+follows the receiver's REMB estimate up to 1.5 Mbit/s, re-opening the encoder (a keyframe) at
+every >10 % step. Rendered frames carry no sensor noise, so the denoiser is pure cost, and a
+flat-shaded 512² avatar is at ~45 dB PSNR by 400 kbit/s: the higher rates only buy encode time
+(measured with ``bench/vp8_settings.py``, ``ava``, one thread: aiortc's settings 3.3 ms per
+frame at 400 kbit/s and 3.9 ms at 1.5 Mbit/s; denoiser off and ``cpu-used`` -12: 2.1 ms at
+400 kbit/s, 44.7 dB). :class:`RenderedVp8Encoder` keeps every other aiortc setting (CBR,
+``lag-in-frames`` 0, keyframes on request, REMB lowering the rate) and changes those three:
+denoiser off, ``cpu_used``, and a ceiling on the target bitrate.
 
 aiortc has no hook to choose an encoder, so :func:`install` wraps the ``get_encoder`` that
 ``aiortc.rtcrtpsender`` looked up, returning this encoder for VP8 and aiortc's own for
@@ -22,19 +26,36 @@ import av
 from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
 
 DENOISE_OFF = "0"  # libvpx noise-sensitivity: 0 = temporal denoiser off
-DEFAULT_CPU_USED = -8  # libvpx cpu-used for real-time VP8: -16..16, larger magnitude = faster
+DEFAULT_CPU_USED = -12  # libvpx cpu-used for real-time VP8: -16..16, larger magnitude = faster
+DEFAULT_MAX_BITRATE = 500_000  # bit/s, ceiling on the REMB-driven target (aiortc's start rate)
 
 
 class RenderedVp8Encoder(Vp8Encoder):
-    """aiortc's VP8 encoder with the temporal denoiser off and a chosen ``cpu_used``."""
+    """aiortc's VP8 encoder with the temporal denoiser off, a chosen ``cpu_used`` and a
+    ``max_bitrate`` (bit/s) ceiling on the target bitrate the receiver's REMB asks for."""
 
-    def __init__(self, cpu_used: int = DEFAULT_CPU_USED) -> None:
+    def __init__(self, cpu_used: int = DEFAULT_CPU_USED, max_bitrate: int = DEFAULT_MAX_BITRATE) -> None:
         super().__init__()
         if not -16 <= cpu_used <= 16:
             raise ValueError(f"VP8 cpu_used {cpu_used!r} outside -16..16")
+        if not 50_000 <= max_bitrate <= 10_000_000:
+            raise ValueError(f"VP8 max_bitrate {max_bitrate!r} bit/s outside 50 kbit/s..10 Mbit/s")
         self.cpu_used = cpu_used
+        self.max_bitrate = max_bitrate
+        self.target_bitrate = min(super().target_bitrate, max_bitrate)
         self.own_codec: Any = None  # the context this class opened (aiortc's would differ)
         self.options: dict[str, str] = {}  # the libvpx options it was given
+
+    @property
+    def target_bitrate(self) -> int:
+        """Target bitrate, bit/s (set by aiortc from the receiver's REMB; capped here)."""
+        rate: int = Vp8Encoder.target_bitrate.fget(self)  # type: ignore[attr-defined]
+        return rate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        cap = getattr(self, "max_bitrate", DEFAULT_MAX_BITRATE)
+        Vp8Encoder.target_bitrate.fset(self, min(int(bitrate), cap))  # type: ignore[attr-defined]
 
     def _open(self, width: int, height: int) -> Any:
         """A libvpx context like aiortc's (CBR, real-time, no lag) with our two options."""
@@ -74,7 +95,7 @@ class RenderedVp8Encoder(Vp8Encoder):
         return super().encode(frame, force_keyframe)
 
 
-def install(cpu_used: int = DEFAULT_CPU_USED) -> None:
+def install(cpu_used: int = DEFAULT_CPU_USED, max_bitrate: int = DEFAULT_MAX_BITRATE) -> None:
     """Make aiortc's RTP senders in this process encode VP8 with :class:`RenderedVp8Encoder`."""
     import aiortc.rtcrtpsender as sender
 
@@ -83,7 +104,7 @@ def install(cpu_used: int = DEFAULT_CPU_USED) -> None:
 
     def get_encoder(codec: Any) -> Any:
         if str(getattr(codec, "mimeType", "")).lower() == "video/vp8":
-            return RenderedVp8Encoder(cpu_used)
+            return RenderedVp8Encoder(cpu_used, max_bitrate)
         return original(codec)
 
     get_encoder.__wrapped__ = original  # type: ignore[attr-defined]
