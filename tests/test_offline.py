@@ -107,3 +107,40 @@ def test_cli_render_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     r = _cli("render", str(bad), "-o", str(tmp_path / "x.mp4"), "--model", "energy", "-q")
     assert r.returncode == 2
     assert "notaudio.wav" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_audio_on_one_thread_while_frames_render_on_another(speech_wav: Path, energy_cfg, models) -> None:  # type: ignore[no-untyped-def]
+    """A live session pushes audio on its event loop while its thread renders: the pipeline's
+    mailbox hands every viseme hop and source time to the animator once, in order."""
+    import threading
+
+    frames = list(live_frames(speech_wav))
+    pipe = AvatarPipeline(models, energy_cfg, energy_cfg.seed, models.registry.create(models.registry.default_name(), (128, 128)))
+    pushed: list[float] = []
+    seen: list[float] = []
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def render_loop() -> None:
+        t = 0.0
+        try:
+            while not done.is_set():
+                _, sources, _ = pipe.produce(t)
+                seen.extend(sources)
+                t += 1 / 30
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    th = threading.Thread(target=render_loop)
+    th.start()
+    try:
+        for i, f in enumerate(frames):
+            for vf in _push_batch(pipe, [(f, (i + 1) * 0.02)]):
+                pushed.extend(vf.sources)
+    finally:
+        done.set()
+        th.join()
+    assert not errors, errors
+    seen.extend(pipe.produce(len(frames) * 0.02 + 1.0)[1])  # what was still in the mailbox
+    assert seen == pushed and len(pushed) > 100
+    assert pipe.animator.dropped_hops == 0

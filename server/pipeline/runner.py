@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,11 @@ class AvatarPipeline:
         self.prosody = ProsodyTracker()
         self.animator = Animator(animation_config(cfg), seed)
         self.renderer = renderer
+        # Mailbox from the audio side (push_frame, any thread) to the animation side (sample):
+        # viseme and prosody frames in arrival order. Only the consumer touches the animator,
+        # so audio can be processed on the event loop while a frame renders in the session's
+        # thread. Bounded (drops oldest) in case nothing samples, e.g. a client without video.
+        self._inbox: deque[Any] = deque(maxlen=INBOX_FRAMES)
         self._pending_sources: list[float] = []
         self.audio_frames = 0
         self._last: tuple[AnimationState, NDArray[np.uint8]] | None = None  # last drawn state, frame
@@ -100,6 +106,7 @@ class AvatarPipeline:
         """Reset every stage (a new utterance stream)."""
         for stage in (self.ingest, self.vad, self.features, self.visemes, self.prosody, self.animator):
             stage.reset()
+        self._inbox.clear()
         self._pending_sources.clear()
         self._last = None
 
@@ -120,7 +127,7 @@ class AvatarPipeline:
         out: list[VisemeFrame] = []
         for chunk in chunks:
             for pf in self.prosody.push(chunk):
-                self.animator.push_prosody(pf)
+                self._inbox.append(pf)
             for vc in self.vad.push(chunk):
                 for ff in self.features.push(vc):
                     for vf in self.visemes.push(ff):
@@ -129,11 +136,24 @@ class AvatarPipeline:
         return out
 
     def _accept(self, vf: VisemeFrame) -> None:
-        self.animator.push(vf)
-        self._pending_sources.extend(vf.sources)
+        self._inbox.append(vf)
+
+    def _drain_inbox(self) -> None:
+        """Hand the frames pushed since the last sample to the animator (consumer side)."""
+        while True:
+            try:
+                item = self._inbox.popleft()
+            except IndexError:
+                return
+            if isinstance(item, VisemeFrame):
+                self.animator.push(item)
+                self._pending_sources.extend(item.sources)
+            else:
+                self.animator.push_prosody(item)
 
     def sample(self, t: float) -> tuple[AnimationState, list[float]]:
         """Animation state at stream time ``t`` (s) and the arrival times it newly reflects."""
+        self._drain_inbox()
         state = self.animator.sample(t)
         sources, self._pending_sources = self._pending_sources, []
         return state, sources
@@ -160,6 +180,7 @@ class AvatarPipeline:
         return yuv, sources, state
 
 
+INBOX_FRAMES = 400  # viseme + prosody frames (~4 s of audio) kept for the animator between samples
 REUSE_BELOW_PX = 0.25  # px: smaller changes of the picture are not drawn (a frame is reused)
 
 # How far (as a fraction of the frame height) a drawn point can move per unit change of each
