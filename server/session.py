@@ -1,7 +1,10 @@
 """One live session: one RTCPeerConnection, one worker thread, its pipeline and its tasks.
 
-Audio is always drained into a bounded drop-oldest buffer; a processing task runs the chain in
-the session's single worker thread, so the event loop never blocks and latency never builds.
+Audio is always drained into a bounded drop-oldest buffer; a processing task runs the audio
+stages (~0.3 ms per 20 ms frame) on the event loop, or in the session's thread for a large
+catch-up batch, and hands viseme frames to the animator through the pipeline's bounded
+mailbox. Rendering runs in the session's single worker thread, so the event loop never blocks
+on it, audio never waits behind a frame, and latency never builds.
 """
 
 from __future__ import annotations
