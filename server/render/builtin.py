@@ -28,6 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -68,6 +69,7 @@ ROLL_PIVOT: tuple[float, float] = (0.0, 110.0)  # u, head space: the head tilts 
 TORSO_TOP: float = 332.0  # u, design y above which the torso layer is empty
 TORSO_PHASES: int = 4  # sub-pixel phases of the cached torso (breathing)
 BREATH_RISE: float = 3.5  # u, shoulder rise at breath = 1
+K = TypeVar("K")  # a paint cache's key type
 PAINT_CACHE: int = 2048  # paints kept per kind (fill, stroke, blur) before the cache is reset
 COMP_CACHE_BYTES: int = 24 << 20  # background+torso composites kept per renderer (all phases at 512²)
 CAVITY: RGB = (72, 20, 38)  # mouth cavity colour (server.render.measure looks for it)
@@ -128,6 +130,20 @@ def viseme_weights(state: AnimationState) -> list[float]:
 def _bgra_image(arr: NDArray[np.uint8]) -> skia.Image:
     """A premultiplied RGBA array wrapped (no copy) as a BGRA image (see BuiltinRenderer._canvas)."""
     return skia.Image.fromarray(arr, colorType=skia.kBGRA_8888_ColorType, alphaType=skia.kPremul_AlphaType, copy=False)
+
+
+def _alpha255(alpha: float) -> int:
+    """Opacity 0..1 (out-of-range clamped) → 0..255, the paint caches' alpha quantisation."""
+    return 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
+
+
+def _store(cache: dict[K, skia.Paint], key: K, paint: skia.Paint) -> skia.Paint:
+    """Put ``paint`` in a paint cache, emptying it first when full (bounded: the continuous
+    inputs are quantised, so a cache only overflows on unusual input); returns ``paint``."""
+    if len(cache) > PAINT_CACHE:
+        cache.clear()
+    cache[key] = paint
+    return paint
 
 
 def _swap(c: RGB) -> RGB:
@@ -257,35 +273,26 @@ class BuiltinRenderer:
 
     def _fp(self, c: RGB, alpha: float = 1.0) -> skia.Paint:
         """Cached solid fill paint for the frame canvas (alpha quantised to 1/255)."""
-        a = 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
-        key = (c, a)
+        key = (c, _alpha255(alpha))
         p = self._fills.get(key)
         if p is None:
-            if len(self._fills) > PAINT_CACHE:  # bounded: continuous alphas are quantised anyway
-                self._fills.clear()
-            p = self._fills[key] = fill(_swap(c), a / 255)
+            p = _store(self._fills, key, fill(_swap(c), key[1] / 255))
         return p
 
     def _sp(self, c: RGB, width: float, alpha: float = 1.0) -> skia.Paint:
         """Cached round-capped stroke paint (width quantised to 1/64 u)."""
-        a = 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
-        key = (c, a, round(width * 64))
+        key = (c, _alpha255(alpha), round(width * 64))
         p = self._strokes.get(key)
         if p is None:
-            if len(self._strokes) > PAINT_CACHE:
-                self._strokes.clear()
-            p = self._strokes[key] = stroke(_swap(c), key[2] / 64, a / 255)
+            p = _store(self._strokes, key, stroke(_swap(c), key[2] / 64, key[1] / 255))
         return p
 
     def _bp(self, c: RGB, alpha: float, sigma: float) -> skia.Paint:
         """Cached soft fill paint (``sigma`` in px, quantised to 1/16)."""
-        a = 255 if alpha >= 1.0 else round(alpha * 255) if alpha > 0.0 else 0
-        key = (c, a, round(sigma * 16))
+        key = (c, _alpha255(alpha), round(sigma * 16))
         p = self._blurs.get(key)
         if p is None:
-            if len(self._blurs) > PAINT_CACHE:
-                self._blurs.clear()
-            p = self._blurs[key] = blurred(_swap(c), a / 255, key[2] / 16)
+            p = _store(self._blurs, key, blurred(_swap(c), key[1] / 255, key[2] / 16))
         return p
 
     def _pose(self, state: AnimationState) -> _Pose:
