@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engines.features import LogMelStream
-from engines.phonemes import RHUBARB_SHAPES, VISEME_TO_RHUBARB, rhubarb_decide
+from engines.phonemes import RHUBARB_SHAPES, rhubarb_decide, rhubarb_table
 from engines.predictor import VisemeModel
 from engines.spec import HOP_LENGTH, N_VISEMES, SAMPLE_RATE, VISEMES
 
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 TOLERANCE_HOPS = 4  # +-40 ms
 CHUNK_SAMPLES = SAMPLE_RATE // 50  # 20 ms of audio per push, as the server does
 METRICS: tuple[str, ...] = ("viseme_strict", "viseme_tolerant", "rhubarb_strict", "rhubarb_tolerant")
-
-
-def rhubarb_table() -> NDArray[np.int64]:
-    """(15,) viseme index -> index into RHUBARB_SHAPES."""
-    return np.array([RHUBARB_SHAPES.index(VISEME_TO_RHUBARB[v]) for v in VISEMES], np.int64)
 
 
 def to_rhubarb(visemes: NDArray[np.integer[Any]]) -> NDArray[np.int64]:

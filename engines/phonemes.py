@@ -361,6 +361,11 @@ VISEME_TO_RHUBARB: Final[dict[str, str]] = {
 RHUBARB_SHAPES: Final[tuple[str, ...]] = ("A", "B", "C", "D", "E", "F", "G", "H", "X")
 
 
+def rhubarb_table() -> NDArray[np.int64]:
+    """(15,) viseme index -> index into RHUBARB_SHAPES."""
+    return np.array([RHUBARB_SHAPES.index(VISEME_TO_RHUBARB[v]) for v in VISEMES], np.int64)
+
+
 def rhubarb_shape_probs(probs: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
     """(T, 15) viseme probabilities -> (T, 9) Rhubarb shape probabilities (A-H, X order).
 
@@ -370,8 +375,7 @@ def rhubarb_shape_probs(probs: NDArray[np.floating[Any]]) -> NDArray[np.float32]
     if p.ndim != 2 or p.shape[1] != len(VISEMES):
         raise ValueError(f"expected (T, {len(VISEMES)}) viseme probabilities, got shape {p.shape}")
     out = np.zeros((p.shape[0], len(RHUBARB_SHAPES)), np.float32)
-    for i, v in enumerate(VISEMES):
-        out[:, RHUBARB_SHAPES.index(VISEME_TO_RHUBARB[v])] += p[:, i]
+    np.add.at(out.T, rhubarb_table(), p.T)
     return out
 
 

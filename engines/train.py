@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines.evaluate import Scores, rhubarb_table, score_probs
+from engines.evaluate import Scores, score_probs
 from engines.export import export_onnx
 from engines.model import ModelConfig, VisemeNet, count_parameters, save_checkpoint
+from engines.phonemes import rhubarb_table
 from engines.spec import LOG_FLOOR, N_MELS, N_VISEMES, VISEMES
 
 log = logging.getLogger("engines.train")
