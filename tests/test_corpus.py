@@ -14,6 +14,7 @@ from engines.corpus import augment as aug
 from engines.corpus.dataset import load_corpus, read_shard
 from engines.corpus.espeak import Espeak, EspeakError, Synthesis
 from engines.corpus.festival import FestivalRequest, available_voices, synth_batch
+from engines.corpus.flite import FLITE_VOICES, Flite, FliteError, FliteRequest
 from engines.corpus.generate import (
     GenConfig,
     Utt,
@@ -130,6 +131,43 @@ def test_festival_phone_times_match_audio() -> None:
         assert st["hiss_hf"] > st["vowel_hf"] + 0.25, (syn.voice, st)
         assert st["vowel_db"] > st["sil_db"] + 20
         assert syn.phones[-1].end <= syn.audio.shape[0]
+
+
+def test_flite_phone_times_match_audio() -> None:
+    synth = Flite()
+    for voice in FLITE_VOICES:
+        for stretch in (0.8, 1.3):
+            syn = synth.synth(FliteRequest("She sells sea shells, says Sasha. Pop a pale peach.", voice, stretch, 1.1))
+            assert syn.rate == SAMPLE_RATE and syn.lang == "en-us"
+            st = hop_stats(syn.audio, labels_of(syn, festival=True))
+            assert st["hiss_hf"] > st["vowel_hf"] + 0.15, (voice, stretch, st)
+            assert st["vowel_db"] > st["sil_db"] + 20, (voice, stretch, st)
+            ends = [p.end for p in syn.phones]
+            assert ends == sorted(ends) and ends[-1] <= syn.audio.shape[0]
+    slow = synth.synth(FliteRequest("One two three four five.", "flite-rms", 1.3))
+    fast = synth.synth(FliteRequest("One two three four five.", "flite-rms", 0.8))
+    assert slow.audio.shape[0] > 1.4 * fast.audio.shape[0]
+    with pytest.raises(ValueError, match="no-such"):
+        synth.synth(FliteRequest("hello", "no-such"))
+    with pytest.raises(FliteError, match="nothing to say"):
+        synth.synth(FliteRequest("   ", "flite-slt"))
+
+
+def test_flite_fraction_adds_flite_utterances_and_keeps_old_corpora(tmp_path: Path) -> None:
+    if not (DEV_SPEECH / "noise").is_dir():
+        pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
+    # each shard is made in a fresh process (espeak keeps state between calls)
+    cfgs = {"plain": small_cfg(5), "zero": replace(small_cfg(5), flite_fraction=0.0),
+            "mixed": replace(small_cfg(5), festival_fraction=0.2, flite_fraction=0.6)}
+    shards = {}
+    for name, cfg in cfgs.items():
+        assert generate(cfg, tmp_path / name, minutes=1 / 3, jobs=1) == 1
+        with np.load(tmp_path / name / "shard-00000.npz") as z:
+            shards[name] = {k: z[k] for k in ("text", "source", "voice")}
+    assert shards["plain"]["text"].tolist() == shards["zero"]["text"].tolist()
+    mixed = shards["mixed"]
+    assert "flite" in set(mixed["source"].tolist())
+    assert set(mixed["voice"][mixed["source"] == "flite"].tolist()) <= set(FLITE_VOICES)
 
 
 def test_labels_use_hop_centre() -> None:
@@ -302,7 +340,7 @@ def test_shards_are_deterministic_and_round_trip(tmp_path: Path) -> None:
     for u in corpus:
         assert u.features.dtype == np.float32 and u.features.shape[1] == N_MELS
         assert u.labels.dtype == np.int8 and u.labels.shape == (u.features.shape[0],)
-        assert u.source in ("espeak", "festival") and u.lang and u.voice
+        assert u.source in ("espeak", "festival", "flite") and u.lang and u.voice
         assert np.isfinite(u.features).all()
     # features are logmel of the audio: a shard's features have the right silence/speech spread
     f = np.concatenate([u.features for u in corpus])

@@ -5,7 +5,7 @@
 Shard ``DIR/shard-XXXXX.npz`` holds, for utterances ``i = 0..n-1``: ``features_<i>`` float32
 (T, 40) (``engines.features.logmel`` of the augmented 16 kHz audio), ``labels_<i>`` int8 (T,)
 indices into ``engines.spec.VISEMES`` (hop ``t`` labelled at sample ``t*160 + 80``), and arrays
-``lang``, ``voice``, ``source`` (``espeak``|``festival``) and ``text`` with one string per
+``lang``, ``voice``, ``source`` (``espeak``|``festival``|``flite``) and ``text`` with one string per
 utterance. Each shard is a pure function of (seed, shard index, --val, options).
 
 The held-out split (``--val``) uses voices and languages never used for training: the English
@@ -34,6 +34,7 @@ import numpy as np
 from engines.corpus.augment import AugmentConfig, NoiseBank, augment
 from engines.corpus.espeak import Espeak, list_variants
 from engines.corpus.festival import VOICE_LANG, FestivalRequest, available_voices, synth_batch
+from engines.corpus.flite import Flite, FliteError, FliteRequest
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
 from engines.corpus.text import TextSource, fortunes, words
 from engines.features import logmel
@@ -70,6 +71,7 @@ class GenConfig:
     p_no_variant: float = 0.15
     p_clean: float = 0.08  # utterances left unaugmented except silence padding and gain
     festival_fraction: float = 0.8  # share of a shard's expected utterances made by festival (0 in --val)
+    flite_fraction: float = 0.0  # share made by flite's ARCTIC voices, on top of festival's (0 in --val)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     shard_seconds: float = SHARD_SECONDS
 
@@ -159,6 +161,33 @@ def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> 
     return out
 
 
+FLITE_WEIGHTS: dict[str, float] = {"flite-awb": 1.0, "flite-rms": 1.0, "flite-slt": 1.0}
+
+
+def flite_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> list[Utt]:
+    """``n`` English flite utterances (awb, rms, slt), rate 0.8-1.3x and mean pitch 0.85-1.2x varied."""
+    if n <= 0:
+        return []
+    synth = Flite()
+    voices = list(FLITE_WEIGHTS)
+    w = np.array([FLITE_WEIGHTS[v] for v in voices])
+    out = []
+    for _ in range(n):
+        voice = voices[int(rng.choice(len(voices), p=w / w.sum()))]
+        text, _ = texts.pick("en-us", rng)
+        req = FliteRequest(text, voice, float(rng.uniform(0.8, 1.3)), float(rng.uniform(0.85, 1.2)))
+        try:
+            syn = synth.synth(req)
+        except FliteError as exc:
+            print(f"flite: skipped an utterance: {exc}", file=sys.stderr, flush=True)
+            continue
+        if syn.audio.shape[0] < SAMPLE_RATE // 5:
+            continue
+        segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], festival_to_visemes)
+        out.append(Utt(syn.audio, attach_closures(segs, syn.audio), "en-us", voice, "flite", text))
+    return out
+
+
 def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
     """All arrays of shard ``index``: deterministic from (cfg, index)."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val)]))
@@ -168,6 +197,12 @@ def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
     frac = 0.0 if cfg.val else cfg.festival_fraction
     expected = cfg.shard_seconds / 6.0  # ~6 s per augmented utterance
     pending = festival_utterances(rng, int(round(expected * frac)), texts)
+    if cfg.flite_fraction > 0 and not cfg.val:
+        # its own random stream, so corpora made without flite stay exactly as they were
+        frng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val), 7]))
+        pending += flite_utterances(frng, int(round(expected * cfg.flite_fraction)), texts)
+        pending = [pending[int(j)] for j in frng.permutation(len(pending))]
+        frac += cfg.flite_fraction
     arrays: dict[str, np.ndarray] = {}
     langs: list[str] = []
     voices: list[str] = []
@@ -306,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--langs", nargs="*", default=None, help="non-English espeak languages")
     ap.add_argument("--val", action="store_true", help="held-out voices and languages")
     ap.add_argument("--dev-speech", type=Path, default=None, help="folder with noise/ and rir/")
+    ap.add_argument("--flite-fraction", type=float, default=0.0,
+                    help="flite (CMU ARCTIC awb/rms/slt voices) share of utterances, on top of festival's")
     ap.add_argument("--festival-fraction", type=float, default=0.8, help="festival share (~92 %% of hops at 0.8)")
     ap.add_argument("--english-fraction", type=float, default=0.55)
     ap.add_argument("--shard-seconds", type=float, default=SHARD_SECONDS)
@@ -321,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         aug = replace(aug, **overrides)
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
-        festival_fraction=args.festival_fraction, english_fraction=args.english_fraction,
+        festival_fraction=args.festival_fraction, flite_fraction=args.flite_fraction, english_fraction=args.english_fraction,
         shard_seconds=args.shard_seconds,
     )
     n = generate(cfg, args.out, args.minutes, args.jobs)
