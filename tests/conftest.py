@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.server_proc import DataDirServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -31,6 +34,17 @@ def netns() -> str:
             "`make test` or `tests/netns_run.sh .venv/bin/python -m pytest ...`"
         )
     return "198.18.0.1"
+
+
+@pytest.fixture(scope="module")
+def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataDirServer]:
+    """The real server on the private test address, one per test module (the browser tests)."""
+    srv = DataDirServer(netns, tmp_path_factory.mktemp("web-server"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def espeak_wav(path: Path, text: str, voice: str = "en-us", rate: int = 150) -> Path:

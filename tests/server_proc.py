@@ -150,3 +150,10 @@ async def wait_sessions(base: str, n: int, timeout_s: float = 10.0) -> int:
         if seen == n or time.monotonic() > deadline:
             return seen
         await asyncio.sleep(0.1)
+
+
+class DataDirServer(ServerProcess):
+    """The real server on ``host``, its avatar data (photo uploads) and log under ``workdir``."""
+
+    def __init__(self, host: str, workdir: Path) -> None:
+        super().__init__(host, workdir / "server.log", ["--data-dir", str(workdir / "data")])

@@ -21,7 +21,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from tests.server_proc import ServerProcess, free_port
+from tests.server_proc import DataDirServer as Server
+from tests.server_proc import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -69,24 +70,6 @@ async def wait_sessions(base: str, n: int, timeout_s: float = 10.0) -> int:
         if seen == n or time.monotonic() > deadline:
             return seen
         await asyncio.sleep(0.1)
-
-
-class Server(ServerProcess):
-    """The real server on ``host``, photo data and log under ``workdir``."""
-
-    def __init__(self, host: str, workdir: Path) -> None:
-        super().__init__(host, workdir / "server.log", ["--data-dir", str(workdir / "data")])
-
-
-@pytest.fixture(scope="module")
-def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real server on the private test address."""
-    srv = Server(netns, tmp_path_factory.mktemp("browser-server"))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def chromium_args(origin: str, wav: Path | None, fake_ui: bool = True) -> list[str]:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.marionette import FIREFOX, Firefox, NullAudio
-from tests.test_browser import GRAB_JS, Server, decode_data_url, get_json
+from tests.server_proc import DataDirServer as Server
+from tests.test_browser import GRAB_JS, decode_data_url, get_json
 
 pytestmark = pytest.mark.browser
 
@@ -53,17 +53,6 @@ el.textContent = arguments[0] + "(" + JSON.stringify(arguments[1]) + ");";
 document.head.append(el);
 return true;
 """
-
-
-@pytest.fixture(scope="module")
-def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real server on the private test address."""
-    srv = Server(netns, tmp_path_factory.mktemp("firefox-server"))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def firefox_prefs(host: str) -> dict[str, object]:
