@@ -169,14 +169,3 @@ class Flite:
         if not phones:
             raise FliteError(f"flite gave no Segment relation for {text!r} ({req.voice})")
         return Synthesis(audio, SAMPLE_RATE, phones, req.voice, "en-us", req.text)
-
-
-def available() -> bool:
-    """Whether libflite and all FLITE_VOICES load here."""
-    try:
-        f = Flite()
-        for name in FLITE_VOICES:
-            f.voice(name)
-    except (FliteError, AttributeError):
-        return False
-    return True

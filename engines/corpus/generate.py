@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, partial
 from multiprocessing import get_context
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from engines.corpus.augment import AugmentConfig, NoiseBank, augment
-from engines.corpus.espeak import Espeak, list_variants
+from engines.corpus.espeak import Espeak, Synthesis, list_variants
 from engines.corpus.festival import VOICE_LANG, FestivalRequest, available_voices, synth_batch
 from engines.corpus.flite import Flite, FliteError, FliteRequest
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
@@ -106,15 +106,26 @@ def _pick_voice(rng: np.random.Generator, cfg: GenConfig) -> tuple[str, str]:
     en = VAL_EN_ACCENTS if cfg.val else TRAIN_EN_ACCENTS
     others = cfg.langs if cfg.langs is not None else (VAL_LANGS if cfg.val else TRAIN_LANGS)
     if not others or rng.random() < cfg.english_fraction:
-        names = list(en)
-        w = np.array([en[n] for n in names])
-        lang = names[int(rng.choice(len(names), p=w / w.sum()))]
+        lang = _weighted_pick(rng, en)
     else:
         lang = others[int(rng.integers(len(others)))]
     variants = _variants(cfg.val)
     if rng.random() < cfg.p_no_variant or not variants:
         return lang, lang
     return f"{lang}+{variants[int(rng.integers(len(variants)))]}", lang
+
+
+def _weighted_pick(rng: np.random.Generator, weights: dict[str, float], names: Sequence[str] | None = None) -> str:
+    """One of ``names`` (default: every key of ``weights``), drawn with probability ∝ its weight."""
+    names = list(weights) if names is None else list(names)
+    w = np.array([weights[n] for n in names])
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
+
+
+def _utt(syn: Synthesis, to_visemes: Callable[[str], tuple[str, ...]], voice: str, source: str, text: str) -> Utt:
+    """A synthesis as an :class:`Utt`: its phones mapped to viseme segments, closures attached."""
+    segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], to_visemes)
+    return Utt(syn.audio, attach_closures(segs, syn.audio), syn.lang, voice, source, text)
 
 
 def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource) -> Utt:
@@ -126,11 +137,7 @@ def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource
     prange = int(rng.integers(10, 100))
     gap = int(rng.choice([0, 0, 0, 1, 3, 8]))
     syn = _espeak().synth(text, voice, rate_wpm=rate, pitch=pitch, pitch_range=prange, word_gap=gap)
-    segs = phones_to_segments(
-        [(p.name, p.start, p.end) for p in syn.phones], lambda n: espeak_to_visemes(n, syn.lang)
-    )
-    segs = attach_closures(segs, syn.audio)
-    return Utt(syn.audio, segs, syn.lang, voice, "espeak", text)
+    return _utt(syn, partial(espeak_to_visemes, lang=syn.lang), voice, "espeak", text)
 
 
 FESTIVAL_WEIGHTS: dict[str, float] = {
@@ -143,21 +150,16 @@ def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> 
     voices = [v for v in FESTIVAL_WEIGHTS if v in available_voices()]
     if n <= 0 or not voices:
         return []
-    w = np.array([FESTIVAL_WEIGHTS[v] for v in voices])
     reqs = []
     for _ in range(n):
-        voice = voices[int(rng.choice(len(voices), p=w / w.sum()))]
+        voice = _weighted_pick(rng, FESTIVAL_WEIGHTS, voices)
         text, _ = texts.pick(VOICE_LANG[voice], rng)
         reqs.append(FestivalRequest(text, voice, float(rng.uniform(0.8, 1.3))))
     out = []
     for req, syn in zip(reqs, synth_batch(reqs), strict=True):
         if syn is None or syn.audio.shape[0] < SAMPLE_RATE // 5:
             continue
-        lang = syn.lang
-        segs = phones_to_segments(
-            [(p.name, p.start, p.end) for p in syn.phones], partial(festival_to_visemes, lang=lang)
-        )
-        out.append(Utt(syn.audio, attach_closures(segs, syn.audio), lang, req.voice, "festival", req.text))
+        out.append(_utt(syn, partial(festival_to_visemes, lang=syn.lang), req.voice, "festival", req.text))
     return out
 
 
@@ -169,11 +171,9 @@ def flite_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> lis
     if n <= 0:
         return []
     synth = Flite()
-    voices = list(FLITE_WEIGHTS)
-    w = np.array([FLITE_WEIGHTS[v] for v in voices])
     out = []
     for _ in range(n):
-        voice = voices[int(rng.choice(len(voices), p=w / w.sum()))]
+        voice = _weighted_pick(rng, FLITE_WEIGHTS)
         text, _ = texts.pick("en-us", rng)
         req = FliteRequest(text, voice, float(rng.uniform(0.8, 1.3)), float(rng.uniform(0.85, 1.2)))
         try:
@@ -183,8 +183,7 @@ def flite_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> lis
             continue
         if syn.audio.shape[0] < SAMPLE_RATE // 5:
             continue
-        segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], festival_to_visemes)
-        out.append(Utt(syn.audio, attach_closures(segs, syn.audio), "en-us", voice, "flite", text))
+        out.append(_utt(syn, festival_to_visemes, voice, "flite", text))
     return out
 
 
