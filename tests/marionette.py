@@ -73,12 +73,17 @@ class NullAudio:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            _reap(self.proc, 5.0)
         self._log.close()
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for ``proc`` to exit, then kill it."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _pref_line(name: str, value: Any) -> str:
@@ -191,10 +196,6 @@ class Firefox:
                 pass
             self._sock.close()
             self._sock = None
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _reap(self.proc, 10.0)
         self._log.close()
         shutil.rmtree(self.profile, ignore_errors=True)

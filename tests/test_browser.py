@@ -143,6 +143,15 @@ def decode_data_url(url: str) -> NDArray[np.uint8]:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
+def check_mouth_follows_speech(opens: NDArray[np.float64], speaking: NDArray[np.bool_]) -> None:
+    """Mouth openness per grabbed frame vs the server's VAD state: the mouth moves, speech was
+    heard, and where the WAV's pauses were sampled too the mouth is more open in speech."""
+    assert opens.max() - opens.min() > MOUTH_RANGE_MIN, f"mouth does not move: {np.round(opens, 3).tolist()}"
+    assert speaking.sum() >= 3, "the server's VAD hardly reported speech from the fake microphone"
+    if (~speaking).sum() >= 3:
+        assert opens[speaking].mean() > opens[~speaking].mean() + 0.05, np.round(opens, 3).tolist()
+
+
 async def body_state(page: Any) -> str:
     """``document.body.dataset.state``."""
     return str(await page.evaluate("document.body.dataset.state"))
@@ -198,10 +207,7 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         print(f"mouth openness over {len(grabs)} grabs: min {opens.min():.3f} max {opens.max():.3f} "
               f"mean speaking {opens[speaking].mean() if speaking.any() else float('nan'):.3f} "
               f"mean silent {opens[~speaking].mean() if (~speaking).any() else float('nan'):.3f}")
-        assert opens.max() - opens.min() > MOUTH_RANGE_MIN, f"mouth does not move: {np.round(opens, 3).tolist()}"
-        assert speaking.sum() >= 3, "the server's VAD hardly reported speech from the fake microphone"
-        if (~speaking).sum() >= 3:  # the WAV's pauses were sampled too: the mouth is more open in speech
-            assert opens[speaking].mean() > opens[~speaking].mean() + 0.05, np.round(opens, 3).tolist()
+        check_mouth_follows_speech(opens, speaking)
 
         # the page shows live statistics from the server and the data channel
         stats = (await page.evaluate("window.avatarClient"))["stats"]
