@@ -7,7 +7,9 @@ Two sets, kept apart:
 * :func:`load_aligned_set` - snt5 of both speakers (``ASR_dev.json``: phones, no boundaries),
   force-aligned with pocketsphinx's en-us model. The words fields of the JSON are sometimes
   wrong, so the texts in :data:`ALIGN_TEXTS` were read off the phone strings; the aligned
-  phones are checked against the given phone string (:func:`phone_agreement`).
+  phones are checked against the given phone string (:func:`phone_agreement`). pocketsphinx
+  gives the times; what was said (schwa ``ax`` or ``ah``, "thee" or "the") comes from the
+  annotated phone string (:func:`human_phone_identities`).
 
 CAUTION (measured, see docs/phoneme-visemes.md): the ``ground_truth_phn_ends`` of the reference
 set do not match the audio. Hops the reference labels SS/CH have almost no energy above 4 kHz
@@ -31,7 +33,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from engines.corpus.labels import Segment, segments_to_labels, split_phone
-from engines.phonemes import arpabet_to_visemes, timit_sequence_to_visemes
+from engines.phonemes import arpabet_to_visemes, timit_sequence_to_visemes, timit_to_visemes
 from engines.spec import HOP_LENGTH, SAMPLE_RATE
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev-speech"
@@ -160,41 +162,104 @@ _TIMIT_TO_CMU = {"ax": "AH", "dx": "T", "ix": "IH", "axr": "ER", "el": "L", "en"
 _DROP = {"cl", "vcl", "pcl", "bcl", "tcl", "dcl", "kcl", "gcl", "sil", "h#", "pau", "epi"}
 
 
+_LOOSE_SAME: frozenset[frozenset[str]] = frozenset(
+    frozenset(pair)
+    for pair in (("D", "T"), ("ER", "R"), ("IH", "IY"), ("AH", "IH"), ("AH", "AE"), ("AH", "EH"))
+)
+_VOWELS = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())
+_SILENT = ("SIL", "+SPN+", "+NSN+")
+
+
+def _loose_eq(x: str, y: str) -> bool:
+    return x == y or frozenset({x, y}) in _LOOSE_SAME
+
+
+def _edit_alignment(a: list[str], b: list[str]) -> tuple[int, dict[int, int]]:
+    """Levenshtein distance of ``a`` and ``b`` (``_loose_eq`` matches cost 0) and one optimal
+    alignment's paired positions ``{j in b: i in a}`` (matches and substitutions)."""
+    d = np.zeros((len(a) + 1, len(b) + 1), np.int32)
+    d[:, 0] = np.arange(len(a) + 1)
+    d[0, :] = np.arange(len(b) + 1)
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (0 if _loose_eq(a[i - 1], b[j - 1]) else 1))
+    pairs: dict[int, int] = {}
+    i, j = len(a), len(b)
+    while i > 0 and j > 0:
+        if d[i, j] == d[i - 1, j - 1] + (0 if _loose_eq(a[i - 1], b[j - 1]) else 1):
+            pairs[j - 1] = i - 1
+            i, j = i - 1, j - 1
+        elif d[i, j] == d[i - 1, j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return int(d[len(a), len(b)]), pairs
+
+
+def _timit_as_cmu(timit: list[str]) -> list[str]:
+    return [_TIMIT_TO_CMU.get(p, p.upper()) for p in timit if p not in _DROP]
+
+
 def phone_agreement(timit: list[str], cmu: list[str]) -> float:
     """Fraction of the TIMIT phones (closures/silences dropped) matched in the aligned phones.
 
     1 - (edit distance / number of TIMIT phones), computed on ARPAbet symbols (``ax`` as AH,
     ``dx`` as T; D and T count as equal, as do ER/R and IH/IY/AH for reduced vowels).
     """
-    a = [_TIMIT_TO_CMU.get(p, p.upper()) for p in timit if p not in _DROP]
-    b = [p.upper() for p in cmu if p.upper() not in ("SIL", "+SPN+", "+NSN+")]
-    same = {frozenset({"D", "T"}), frozenset({"ER", "R"}), frozenset({"IH", "IY"}), frozenset({"AH", "IH"}), frozenset({"AH", "AE"}), frozenset({"AH", "EH"})}
-
-    def eq(x: str, y: str) -> bool:
-        return x == y or frozenset({x, y}) in same
-
-    d = np.zeros((len(a) + 1, len(b) + 1), np.int32)
-    d[:, 0] = np.arange(len(a) + 1)
-    d[0, :] = np.arange(len(b) + 1)
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (0 if eq(a[i - 1], b[j - 1]) else 1))
-    return 1.0 - float(d[len(a), len(b)]) / max(len(a), 1)
+    a = _timit_as_cmu(timit)
+    b = [p.upper() for p in cmu if p.upper() not in _SILENT]
+    dist, _ = _edit_alignment(a, b)
+    return 1.0 - float(dist) / max(len(a), 1)
 
 
-def cmu_segments(phones: list[tuple[str, int, int]]) -> list[Segment]:
-    """pocketsphinx phones (ARPAbet upper case, SIL) -> viseme segments."""
+def human_phone_identities(timit: list[str], phones: list[tuple[str, int, int]]) -> list[str | None]:
+    """For each aligned phone, the human-annotated TIMIT phone it stands for, or None.
+
+    pocketsphinx's dictionary has no stress, so it writes every schwa as ``AH`` (and "the" as
+    ``DH AH`` however it was said); the dev-speech phone strings say what was spoken (``ax``
+    schwa, ``ah``, ``iy`` in "thee"). The two sequences are edit-aligned; a pair counts when the
+    phones match loosely or both are vowels. Closures, silences and unpaired phones get None.
+    """
+    pos = [k for k, (p, _, _) in enumerate(phones) if p.upper() not in _SILENT]
+    kept = [p for p in timit if p not in _DROP]
+    a = _timit_as_cmu(timit)
+    b = [phones[k][0].upper() for k in pos]
+    _, pairs = _edit_alignment(a, b)
+    out: list[str | None] = [None] * len(phones)
+    for j, i in pairs.items():
+        if _loose_eq(a[i], b[j]) or (a[i] in _VOWELS and b[j] in _VOWELS):
+            out[pos[j]] = kept[i]
+    return out
+
+
+def cmu_segments(phones: list[tuple[str, int, int]], human: list[str | None] | None = None) -> list[Segment]:
+    """pocketsphinx phones (ARPAbet upper case, SIL) -> viseme segments.
+
+    ``human`` (from :func:`human_phone_identities`) replaces a phone's identity by the annotated
+    TIMIT phone where one is given; the times stay pocketsphinx's.
+    """
     out: list[Segment] = []
-    for name, start, end in phones:
-        vis = ("sil",) if name.upper() in ("SIL", "+SPN+", "+NSN+") else arpabet_to_visemes(name)
+    for k, (name, start, end) in enumerate(phones):
+        said = human[k] if human is not None else None
+        if said is not None:
+            vis = timit_to_visemes(said)
+        elif name.upper() in _SILENT:
+            vis = ("sil",)
+        else:
+            vis = arpabet_to_visemes(name)
         out.extend(split_phone(start, end, vis))
     return out
 
 
 def load_aligned_set(
-    root: Path | str = DEFAULT_ROOT, names: tuple[str, ...] = ALIGNED_NAMES
+    root: Path | str = DEFAULT_ROOT, names: tuple[str, ...] = ALIGNED_NAMES, human_phones: bool = True
 ) -> list[RealUtterance]:
-    """snt5 of both speakers (or ``names`` from either JSON), pocketsphinx-aligned."""
+    """snt5 of both speakers (or ``names`` from either JSON), pocketsphinx-aligned.
+
+    Times come from pocketsphinx; with ``human_phones`` (the default) each phone's identity comes
+    from the annotated phone string (:func:`human_phone_identities`), else from pocketsphinx's
+    dictionary (the round-1 to round-3 reference, which labelled every schwa ``AH``).
+    """
     root = Path(root)
     data = {**_read_json(root, "ASR_train.json"), **_read_json(root, "ASR_dev.json")}
     out = []
@@ -205,7 +270,9 @@ def load_aligned_set(
         audio = read_audio(_wav_path(root, entry))
         text = ALIGN_TEXTS[name]
         phones = pocketsphinx_align(audio, text)
-        segs = cmu_segments(phones)
+        human = human_phone_identities(str(entry["phn"]).split(), phones) if human_phones else None
+        segs = cmu_segments(phones, human)
         labels = segments_to_labels(segs, audio.shape[0])
-        out.append(RealUtterance(name, audio, labels, phones, segs, text, "pocketsphinx"))
+        source = "pocketsphinx times, annotated phones" if human_phones else "pocketsphinx"
+        out.append(RealUtterance(name, audio, labels, phones, segs, text, source))
     return out

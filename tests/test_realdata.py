@@ -12,6 +12,7 @@ from engines.phonemes import timit_to_visemes
 from engines.realdata import (
     ALIGN_TEXTS,
     RealUtterance,
+    human_phone_identities,
     load_aligned_set,
     load_reference_set,
     phone_agreement,
@@ -92,6 +93,32 @@ def test_pocketsphinx_phones_agree_with_given_phone_strings(aligned: list[RealUt
         assert agree >= 0.85, (u.name, agree)
     # and a wrong sentence does not agree
     assert phone_agreement(dev["spk2_snt5"]["phn"].split(), "K EH N P EH R Z L AE K".split()) < 0.5
+
+
+def test_human_phone_identities_pair_aligned_phones_with_the_annotation() -> None:
+    """Pure: no audio. pocketsphinx writes both schwas of "the dog" as AH; the annotation wins."""
+    timit = "dh ax vcl d ao vcl g sil dh iy".split()
+    phones = [("SIL", 0, 800), ("DH", 800, 1600), ("AH", 1600, 2400), ("D", 2400, 3200), ("AO", 3200, 4800),
+              ("G", 4800, 5600), ("SIL", 5600, 6400), ("DH", 6400, 7200), ("AH", 7200, 8000), ("+NSN+", 8000, 8800)]
+    said = human_phone_identities(timit, phones)
+    assert said == [None, "dh", "ax", "d", "ao", "g", None, "dh", "iy", None]
+    # a consonant paired with an unrelated consonant keeps pocketsphinx's identity
+    assert human_phone_identities(["s", "ao"], [("M", 0, 800), ("AO", 800, 1600)]) == [None, "ao"]
+
+
+def test_aligned_labels_use_the_annotated_phones() -> None:
+    """spk2_snt3 "tear a thin sheet from the yellow pad" is annotated ``dh iy`` ("thee"), which
+    CMUdict writes ``DH AH``: the labels follow what was said (I), the times pocketsphinx."""
+    u = load_aligned_set(DEV_SPEECH, names=("spk2_snt3",))[0]
+    plain = load_aligned_set(DEV_SPEECH, names=("spk2_snt3",), human_phones=False)[0]
+    assert [p for p, _, _ in plain.phones] == [p for p, _, _ in u.phones]  # same alignment
+    k = next(k for k, (p, _, _) in enumerate(u.phones) if p == "DH")
+    name, start, end = u.phones[k + 1]
+    assert name == "AH"
+    centre = [t for t in range(len(u.labels)) if start <= t * HOP_LENGTH + 80 < end]
+    assert centre and all(u.labels[t] == VISEME_INDEX["I"] for t in centre)
+    assert all(plain.labels[t] == VISEME_INDEX["E"] for t in centre)
+    assert u.source.startswith("pocketsphinx times") and plain.source == "pocketsphinx"
 
 
 def test_pocketsphinx_boundaries_fit_the_audio(aligned: list[RealUtterance]) -> None:
