@@ -163,7 +163,9 @@ async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool) 
         "loadavg_1m": os.getloadavg()[0],  # whole machine, at the round's end
         "audio_drops": max([int(s.get("audio_drops", 0)) for s in server_sessions] or [0]),
         "skipped_ticks": max([int(s.get("skipped_ticks", 0)) for s in server_sessions] or [0]),
-        "sessions": [r.summary() for r in ok],
+        # per session: the summary plus every frame's arrival time (s after its first audio),
+        # to see where frames went missing (start-up, mid-call)
+        "sessions": [{**r.summary(), "frame_t": [round(f.t, 4) for f in r.frames]} for r in ok],
         "server_stats": samples,
     }
 

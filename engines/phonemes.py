@@ -25,8 +25,11 @@ from engines.spec import VISEME_INDEX, VISEMES
 ARPABET: Final[dict[str, tuple[str, ...]]] = {
     # vowels
     "AA": ("aa",),  # father, cot
-    "AE": ("aa",),  # bat: open jaw, spread (Oculus puts "cat" on aa)
-    "AH": ("aa",),  # cup (stressed ʌ): open jaw
+    # æ and ʌ go with the mid-open E, not with ɑ's wide-open aa: Rhubarb draws AE and (short) AH
+    # with its open shape C, AA alone with the wide-open D; Azure's visemes group æ ə ʌ apart
+    # from ɑ as well. (Round 1 put both on aa, which scored every "cat"/"cup" as D.)
+    "AE": ("E",),  # bat
+    "AH": ("E",),  # cup (stressed ʌ), and CMUdict's unstressed schwa AH0
     "AO": ("O",),  # caught, thought: rounded open-mid
     "AW": ("aa", "U"),  # cow: open -> rounded
     "AY": ("aa", "I"),  # bite: open -> spread
@@ -214,7 +217,7 @@ _ESPEAK_CONS_MODIFIERS: Final = (";", "#", "-", ".", "`", "[", "~", ":", "/", "_
 
 # Vowel letters (Kirshenbaum ASCII IPA as used by espeak-ng) -> viseme.
 _ESPEAK_VOWEL_CHARS: Final[dict[str, str]] = {
-    "a": "aa", "A": "aa", "&": "aa", "V": "aa", "6": "aa",
+    "a": "aa", "A": "aa", "&": "E", "V": "E", "6": "aa",  # æ, ʌ: as ARPAbet AE, AH
     "e": "E", "E": "E", "@": "E", "3": "E",
     "i": "I", "I": "I", "j": "I",
     "o": "O", "O": "O", "0": "O", "8": "O", "Y": "O", "W": "O",  # Y = ø, W = œ: rounded
@@ -232,6 +235,10 @@ _EN_US_RHOTIC: Final[dict[str, tuple[str, ...]]] = {
     "e@": ("E", "RR"), "i@": ("I", "RR"), "i@3": ("I", "RR"), "U@": ("U", "RR"),
     "aI@": ("aa", "I", "RR"), "aI3": ("aa", "I", "RR"), "aU@": ("aa", "U", "RR"),
 }
+
+
+# English lone-a vowels (TRAP, BATH, reduced "about"): æ or ə, not the wide-open a of other languages.
+_EN_LONE_A: Final = frozenset({"a", "aa", "a#", "a#2", "a2"})
 
 
 def _espeak_consonant(phone: str) -> tuple[str, ...] | None:
@@ -282,13 +289,19 @@ def _espeak_vowel(phone: str) -> tuple[str, ...] | None:
 def espeak_to_visemes(phone: str, lang: str | None = None) -> tuple[str, ...]:
     """espeak-ng phoneme mnemonic (event name) -> 1-3 visemes; ``lang`` the espeak voice language.
 
-    Only ``en-us`` changes anything: its ``3``/``3:`` and ``@`` offglides are r-coloured.
+    Two language rules: in English (``en*``) a lone ``a`` (TRAP ``a``, BATH ``aa``, the reduced
+    ``a#`` of "about") is æ/ə, so ``E`` as ARPAbet AE, not the wide-open ``aa`` it is elsewhere
+    (diphthongs ``aI``/``aU`` keep ``aa``); in ``en-us`` the ``3``/``3:`` and ``@`` offglides are
+    r-coloured.
     """
     p = phone.strip()
     if p in _ESPEAK_PAUSES:
         return ("sil",)
-    if lang is not None and lang.lower().startswith("en-us") and p in _EN_US_RHOTIC:
+    low = lang.lower() if lang is not None else ""
+    if low.startswith("en-us") and p in _EN_US_RHOTIC:
         return _EN_US_RHOTIC[p]
+    if low.startswith("en") and p in _EN_LONE_A:
+        return ("E",)
     # Syllabic consonants (l- n- m- r-) and consonants are tried before vowel spelling.
     cons = _espeak_consonant(p)
     if cons is not None:

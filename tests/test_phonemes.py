@@ -69,6 +69,10 @@ def test_arpabet_covers_cmu_39_and_strips_stress() -> None:
         for v in arpabet_to_visemes(p):
             assert v in VISEMES
     assert arpabet_to_visemes("ay1") == ("aa", "I")
+    # Rhubarb draws AA wide open (D) but AE, AH and schwa open (C): E, not aa
+    assert arpabet_to_visemes("AA1") == ("aa",)
+    assert [arpabet_to_viseme(p) for p in ("AE", "AH0", "AH1", "EH")] == ["E"] * 4
+    assert festival_to_visemes("ae") == festival_to_visemes("ah") == festival_to_visemes("ax") == ("E",)
     assert arpabet_to_viseme("OW0") == "O"
     assert arpabet_to_visemes("OW2") == ("O", "U")
     assert arpabet_to_viseme("m") == "PP"
@@ -172,6 +176,17 @@ def test_espeak_vowels_and_diphthongs() -> None:
     assert espeak_to_visemes("tS") == ("CH",)
     assert espeak_to_visemes("ts.h") == ("CH",)  # Mandarin retroflex affricate, aspirated
     assert espeak_to_visemes("ph") == ("PP",)
+    # æ and ʌ are open-mid E (Rhubarb's C), ɑ is the wide-open aa (Rhubarb's D)
+    assert espeak_to_visemes("&") == ("E",)
+    assert espeak_to_visemes("V") == ("E",)
+    assert espeak_to_visemes("A:", "en-us") == ("aa",)
+    # English lone a (TRAP "cat", BATH, reduced "about") is æ/ə; elsewhere a is wide open
+    for mn in ("a", "aa", "a#"):
+        assert espeak_to_visemes(mn, "en-gb-x-rp") == ("E",), mn
+        assert espeak_to_visemes(mn, "en-us") == ("E",), mn
+    assert espeak_to_visemes("a", "es") == ("aa",)
+    assert espeak_to_visemes("a") == ("aa",)
+    assert espeak_to_visemes("aI", "en-us") == ("aa", "I")  # diphthongs keep the open start
     with pytest.raises(KeyError, match="Q\\$"):
         espeak_to_viseme("Q$")
 
