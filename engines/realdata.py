@@ -222,7 +222,7 @@ def human_phone_identities(timit: list[str], phones: list[tuple[str, int, int]])
     """
     pos = [k for k, (p, _, _) in enumerate(phones) if p.upper() not in _SILENT]
     kept = [p for p in timit if p not in _DROP]
-    a = _timit_as_cmu(timit)
+    a = _timit_as_cmu(kept)  # position i of ``a`` is the ARPAbet spelling of ``kept[i]``
     b = [phones[k][0].upper() for k in pos]
     _, pairs = _edit_alignment(a, b)
     out: list[str | None] = [None] * len(phones)
