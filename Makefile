@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k festvox-us-slt-hts \
-            festvox-kdlpc16k festvox-italp16k festvox-itapc16k libflite1 firefox-esr pulseaudio \
+            festvox-kdlpc16k festvox-italp16k festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb \
+            festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj libflite1 firefox-esr pulseaudio \
             fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
             wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch
 PIP := $(BIN)/pip install -q --disable-pip-version-check

@@ -334,14 +334,50 @@ FESTIVAL_ITALIAN: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+# festival-czech's phone set (czech.scm, defPhoneSet czech; ":" = long vowel, "~" = háček).
+# Palatal stops ť ď (t~ d~) go with kk as espeak-ng's palatal c/J do; ř (r~, r~*) is an r.
+FESTIVAL_CZECH: Final[dict[str, tuple[str, ...]]] = {
+    "#": ("sil",), "_": ("sil",),  # pause; "_" = the glottal stroke before a word-initial vowel
+    "a": ("aa",), "a:": ("aa",), "e": ("E",), "e:": ("E",), "i": ("I",), "i:": ("I",),
+    "o": ("O",), "o:": ("O",), "u": ("U",), "u:": ("U",),
+    "p": ("PP",), "b": ("PP",), "m": ("PP",), "f": ("FF",), "v": ("FF",),
+    "t": ("DD",), "d": ("DD",), "t~": ("kk",), "d~": ("kk",), "k": ("kk",), "g": ("kk",),
+    "ch": ("kk",), "h": ("kk",), "n*": ("kk",),  # ch = [x]; n* = [ŋ] before k/g
+    "n": ("nn",), "n~": ("nn",), "l": ("nn",), "j": ("I",),
+    "s": ("SS",), "z": ("SS",), "c": ("SS",), "dz": ("SS",),
+    "s~": ("CH",), "z~": ("CH",), "c~": ("CH",), "dz~": ("CH",),
+    "r": ("RR",), "r~": ("RR",), "r~*": ("RR",),
+}
+# The Finnish suopuhe voices' phone set (suopuhe.common/finnish_phones.scm; ":" = long).
+# ä (@) is [æ], drawn like ARPAbet AE (E); ö (7) and y are rounded (O, U) as espeak-ng's are.
+FESTIVAL_FINNISH: Final[dict[str, tuple[str, ...]]] = {
+    "#": ("sil",), "##": ("sil",),
+    "a": ("aa",), "e": ("E",), "i": ("I",), "o": ("O",), "u": ("U",), "y": ("U",),
+    "@": ("E",), "7": ("O",), "&": ("E",),
+    "p": ("PP",), "b": ("PP",), "m": ("PP",), "f": ("FF",), "v": ("FF",), "w": ("U",),
+    "t": ("DD",), "d": ("DD",), "T": ("TH",), "D": ("TH",), "k": ("kk",), "g": ("kk",),
+    "h": ("kk",), "N": ("kk",), "n": ("nn",), "l": ("nn",), "L": ("nn",), "j": ("I",),
+    "s": ("SS",), "z": ("SS",), "S": ("CH",), "Z": ("CH",), "r": ("RR",),
+}
+
+
 def festival_to_visemes(phone: str, lang: str = "en-us") -> tuple[str, ...]:
-    """Festival Segment name -> 1-2 visemes; ``lang`` "en-us" (radio ARPAbet, ``pau``) or "it"."""
+    """Festival Segment name -> 1-2 visemes; ``lang`` "en-us" (radio ARPAbet, ``pau``), "it", "cs" or "fi"."""
     p = phone.strip()
     if lang == "it":
         base = p[:-1] if p.endswith("1") else p
         if base in FESTIVAL_ITALIAN:
             return FESTIVAL_ITALIAN[base]
         raise KeyError(f"unknown festival Italian phone {phone!r}")
+    if lang == "cs":
+        if p in FESTIVAL_CZECH:
+            return FESTIVAL_CZECH[p]
+        raise KeyError(f"unknown festival Czech phone {phone!r}")
+    if lang == "fi":
+        base = p[:-1] if p.endswith(":") and len(p) > 1 else p
+        if base in FESTIVAL_FINNISH:
+            return FESTIVAL_FINNISH[base]
+        raise KeyError(f"unknown festival Finnish phone {phone!r}")
     if p in ("pau", "#", "h#", "sil", "brth"):
         return ("sil",)
     if p == "ax":

@@ -133,6 +133,23 @@ def test_festival_phone_times_match_audio() -> None:
         assert syn.phones[-1].end <= syn.audio.shape[0]
 
 
+def test_festival_voice_mix_czech_and_finnish() -> None:
+    from engines.corpus.generate import festival_utterances
+    from engines.corpus.text import TextSource
+
+    want = {"cs-dita": 1.0, "fi-lj": 1.0}
+    if not set(want) <= set(available_voices()):
+        pytest.skip("Czech/Finnish festival voices not installed")
+    utts = festival_utterances(np.random.default_rng(3), 6, TextSource(), want)
+    assert len(utts) >= 5 and {u.voice for u in utts} <= set(want)
+    assert {u.lang for u in utts} <= {"cs", "fi"}
+    for u in utts:
+        vis = {seg.viseme for seg in u.segments}
+        assert "sil" in vis and len(vis) > 4, (u.voice, vis)
+    with pytest.raises(ValueError, match="unknown festival voices"):
+        festival_utterances(np.random.default_rng(3), 1, TextSource(), {"fi-mv": 1.0})
+
+
 def test_flite_phone_times_match_audio() -> None:
     synth = Flite()
     for voice in FLITE_VOICES:

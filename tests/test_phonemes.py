@@ -121,6 +121,39 @@ def test_festival_italian_phone_set() -> None:
         festival_to_visemes("pau", "it")
 
 
+@pytest.mark.parametrize(("lang", "scm"), [
+    ("cs", "/usr/share/festival/czech.scm"),
+    ("fi", "/usr/share/festival/voices/finnish/suopuhe.common/finnish_phones.scm"),
+])
+def test_festival_czech_and_finnish_phone_sets(lang: str, scm: str) -> None:
+    path = Path(scm)
+    if not path.is_file():
+        pytest.skip(f"festival {lang} voices not installed")
+    text = path.read_text(encoding="latin-1")
+    lines = [ln.split(";")[0].strip() for ln in text[text.index("(defPhoneSet") :].splitlines()]
+    opens = [i for i, ln in enumerate(lines) if ln == "("]  # features list, then the phone list
+    phones = []
+    for ln in lines[opens[1] + 1 :]:
+        if ln.startswith("(") and len(ln.split()) >= 6:
+            phones.append(ln.split()[0].lstrip("("))
+        if ln.startswith(")") or ln.endswith(")))"):
+            break
+    assert len(phones) > 40, phones
+    for p in phones:
+        assert all(v in VISEMES for v in festival_to_visemes(p, lang)), p
+    assert festival_to_visemes("#", lang) == ("sil",)
+    with pytest.raises(KeyError, match="Czech" if lang == "cs" else "Finnish"):
+        festival_to_visemes("pau", lang)
+
+
+def test_festival_czech_and_finnish_choices() -> None:
+    assert festival_to_visemes("a:", "cs") == festival_to_visemes("a", "fi") == ("aa",)
+    assert festival_to_visemes("s~", "cs") == ("CH",)  # š: lips protruded
+    assert festival_to_visemes("r~*", "cs") == ("RR",)  # ř
+    assert festival_to_visemes("@:", "fi") == ("E",)  # ä as ARPAbet AE
+    assert festival_to_visemes("y:", "fi") == festival_to_visemes("u", "fi") == ("U",)
+
+
 def test_festival_phones() -> None:
     assert festival_to_visemes("pau") == ("sil",)
     assert festival_to_visemes("ay") == ("aa", "I")

@@ -72,6 +72,8 @@ class GenConfig:
     p_clean: float = 0.08  # utterances left unaugmented except silence padding and gain
     festival_fraction: float = 0.8  # share of a shard's expected utterances made by festival (0 in --val)
     flite_fraction: float = 0.0  # share made by flite's ARCTIC voices, on top of festival's (0 in --val)
+    # festival voice -> relative weight (None: FESTIVAL_WEIGHTS, the corpus4-6 recipe)
+    festival_voices: tuple[tuple[str, float], ...] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     shard_seconds: float = SHARD_SECONDS
 
@@ -145,14 +147,23 @@ FESTIVAL_WEIGHTS: dict[str, float] = {
 }
 
 
-def festival_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> list[Utt]:
-    """``n`` English festival utterances (installed voices of FESTIVAL_WEIGHTS) in one batch."""
-    voices = [v for v in FESTIVAL_WEIGHTS if v in available_voices()]
+def festival_utterances(
+    rng: np.random.Generator, n: int, texts: TextSource, weights: dict[str, float] | None = None
+) -> list[Utt]:
+    """``n`` festival utterances in one batch, voices drawn by ``weights`` (default FESTIVAL_WEIGHTS).
+
+    Voices that are not installed are left out.
+    """
+    weights = FESTIVAL_WEIGHTS if weights is None else weights
+    unknown = sorted(set(weights) - set(VOICE_LANG))
+    if unknown:
+        raise ValueError(f"unknown festival voices {unknown}; known: {sorted(VOICE_LANG)}")
+    voices = [v for v in weights if v in available_voices()]
     if n <= 0 or not voices:
         return []
     reqs = []
     for _ in range(n):
-        voice = _weighted_pick(rng, FESTIVAL_WEIGHTS, voices)
+        voice = _weighted_pick(rng, weights, voices)
         text, _ = texts.pick(VOICE_LANG[voice], rng)
         reqs.append(FestivalRequest(text, voice, float(rng.uniform(0.8, 1.3))))
     out = []
@@ -195,7 +206,8 @@ def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
     # Festival utterances are made in one batch (one festival process) and mixed in at random.
     frac = 0.0 if cfg.val else cfg.festival_fraction
     expected = cfg.shard_seconds / 6.0  # ~6 s per augmented utterance
-    pending = festival_utterances(rng, int(round(expected * frac)), texts)
+    fest_w = dict(cfg.festival_voices) if cfg.festival_voices else None
+    pending = festival_utterances(rng, int(round(expected * frac)), texts, fest_w)
     if cfg.flite_fraction > 0 and not cfg.val:
         # its own random stream, so corpora made without flite stay exactly as they were
         frng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val), 7]))
@@ -343,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--flite-fraction", type=float, default=0.0,
                     help="flite (CMU ARCTIC awb/rms/slt voices) share of utterances, on top of festival's")
     ap.add_argument("--festival-fraction", type=float, default=0.8, help="festival share (~92 %% of hops at 0.8)")
+    ap.add_argument("--festival-voices", nargs="*", default=None, metavar="VOICE=WEIGHT",
+                    help="festival voices and relative weights (default: the corpus4-6 mix, FESTIVAL_WEIGHTS)")
     ap.add_argument("--english-fraction", type=float, default=0.55)
     ap.add_argument("--shard-seconds", type=float, default=SHARD_SECONDS)
     ap.add_argument("--aug", nargs="*", default=[], metavar="NAME=VALUE",
@@ -355,10 +369,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--aug {item!r}: not a probability of AugmentConfig")
         overrides: dict[str, Any] = {name: float(value)}
         aug = replace(aug, **overrides)
+    fest: list[tuple[str, float]] = []
+    for item in args.festival_voices or []:
+        name, _, value = item.partition("=")
+        if name not in VOICE_LANG:
+            ap.error(f"--festival-voices {item!r}: unknown voice; known: {', '.join(sorted(VOICE_LANG))}")
+        try:
+            fest.append((name, float(value or 1.0)))
+        except ValueError:
+            ap.error(f"--festival-voices {item!r}: weight {value!r} is not a number")
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
         festival_fraction=args.festival_fraction, flite_fraction=args.flite_fraction, english_fraction=args.english_fraction,
-        shard_seconds=args.shard_seconds,
+        shard_seconds=args.shard_seconds, festival_voices=tuple(fest) or None,
     )
     n = generate(cfg, args.out, args.minutes, args.jobs)
     print(f"wrote {n} shards to {args.out}", file=sys.stderr)
