@@ -90,3 +90,22 @@ def test_rhubarb_decision_sums_the_visemes_of_a_shape() -> None:
     score_probs(sc, p, np.array([VISEME_INDEX["SS"], VISEME_INDEX["aa"]]))
     s = sc.summary()
     assert s["viseme_strict"] == 0.5 and s["rhubarb_strict"] == 1.0
+
+
+def test_live_lead_is_streamed_first_and_never_scored() -> None:
+    from engines.evaluate import LabelledAudio, live_lead, score_audio_set
+
+    rng = np.random.default_rng(2)
+    audio = (rng.normal(0, 0.1, 16000) * np.sin(np.linspace(0, 20, 16000)) ** 2).astype(np.float32)
+    labels = np.full(100, VISEME_INDEX["aa"], np.int8)
+    cold = [LabelledAudio("x", audio, labels)]
+    live = live_lead(cold, seconds=0.5, dbfs=-60.0)
+    lead = live[0].lead
+    assert lead is not None and lead.shape == (8000,)
+    assert 20 * np.log10(np.sqrt(np.mean(lead**2))) == pytest.approx(-60.0, abs=0.2)
+    assert live[0].audio is audio and live[0].labels is labels  # the recording itself is untouched
+    model = EnergyVisemeModel()
+    for items in (cold, live):
+        assert score_audio_set(model, items).summary()["frames"] == 100  # only the recording's hops
+    with pytest.raises(ValueError, match="lead"):
+        live_lead(cold, seconds=0.0)
