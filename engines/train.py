@@ -4,7 +4,8 @@
 
 - Data: ``CORPUS/train`` shards (``CORPUS/val`` for model selection), random crops of
   ``--crop`` hops (a third start at the utterance start, the rest anywhere: the model sees
-  both cold starts and the middle of speech), zero state at each crop start, as a new stream.
+  both cold starts and the middle of speech), zero state at each crop start, as a new stream;
+  ``--onset-crops`` of them start at the first speech hop instead (a clip trimmed at its onset).
   Beyond an utterance's end the input is digital silence, exactly what ``flush()`` feeds.
 - Targets: output row ``t`` is trained on the label of hop ``t - L`` (L = lookahead hops).
 - Loss: cross-entropy with label smoothing and mild inverse-frequency class weights.
@@ -69,6 +70,11 @@ class Corpus:
             for u in utts
         ])
         self.sample_p = lens / lens.sum()
+        # First hop labelled as speech (not sil) in each utterance: where a trimmed clip would begin.
+        sil = VISEMES.index("sil")
+        self.first_speech = np.array([
+            int(np.argmax(u.labels != sil)) if np.any(u.labels != sil) else 0 for u in utts
+        ], np.int64)
 
     def favour_clean(self, strength: float) -> None:
         """Sample utterances ∝ length x (1 + strength x sigmoid((DR - 8) / 1.5)): cleaner more often."""
@@ -155,9 +161,13 @@ def random_eq(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def make_batch(
     data: Corpus, rng: np.random.Generator, batch: int, crop: int, lookahead: int, augment: bool,
-    bank: list[np.ndarray] | None = None,
+    bank: list[np.ndarray] | None = None, onset_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> features (B, crop, 40) float32, targets (B, crop) int64 (IGNORE where no label)."""
+    """-> features (B, crop, 40) float32, targets (B, crop) int64 (IGNORE where no label).
+
+    With probability ``onset_p`` a crop starts 0-3 hops before the utterance's first speech hop,
+    from a zero state: a recording trimmed at the speech onset, as many real clips are.
+    """
     feats = np.full((batch, crop, N_MELS), SILENCE, np.float32)
     tgt = np.full((batch, crop), IGNORE, np.int64)
     # Utterances drawn by data.sample_p (proportional to length unless favour_clean was called).
@@ -165,6 +175,8 @@ def make_batch(
     for b, i in enumerate(idx):
         n, s0 = int(data.lengths[i]), int(data.starts[i])
         start = 0 if (rng.random() < 1 / 3 or n <= crop) else int(rng.integers(0, n - crop + lookahead + 1))
+        if onset_p > 0 and rng.random() < onset_p:
+            start = max(int(data.first_speech[i]) - int(rng.integers(0, 4)), 0)
         start = min(start, max(n - 1, 0))
         take = min(crop, n - start)
         x = data.features[s0 + start : s0 + start + take]
@@ -239,6 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--crop", type=int, default=300, help="hops per training crop")
+    ap.add_argument("--onset-crops", type=float, default=0.0,
+                    help="share of crops that start at the first speech hop (a clip trimmed at its onset)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
@@ -377,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scale = min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_scale
-        x, y = make_batch(train, rng, args.batch, args.crop, la, not args.no_augment, bank)
+        x, y = make_batch(train, rng, args.batch, args.crop, la, not args.no_augment, bank, args.onset_crops)
         x, y = x.to(device), y.to(device)
         logits, _ = model.logits(x, model.zero_state(x.shape[0]))
         loss = F.cross_entropy(logits.reshape(-1, N_VISEMES), y.reshape(-1), weight=class_w,
