@@ -215,22 +215,36 @@ def predict_utterances(model: VisemeNet, feats: list[np.ndarray], device: torch.
     return out
 
 
-def score_split(model: VisemeNet, feats: list[np.ndarray], labels: list[np.ndarray], device: torch.device) -> dict[str, float]:
-    """Frame accuracies (see engines.evaluate.Scores) over utterances."""
+def score_split(
+    model: VisemeNet, feats: list[np.ndarray], labels: list[np.ndarray], device: torch.device,
+    skips: list[int] | None = None,
+) -> dict[str, float]:
+    """Frame accuracies (see engines.evaluate.Scores) over utterances; the first ``skips[i]`` hops
+    of utterance i (a live lead, see engines.evaluate.live_lead) are streamed but not scored."""
     sc = Scores()
-    for probs, ref in zip(predict_utterances(model, feats, device), labels, strict=True):
-        score_probs(sc, probs, ref)
+    skips = skips or [0] * len(feats)
+    for probs, ref, skip in zip(predict_utterances(model, feats, device), labels, skips, strict=True):
+        score_probs(sc, probs[skip:], ref)
     return sc.summary()
 
 
-def real_eval_sets() -> dict[str, tuple[list[np.ndarray], list[np.ndarray]]]:
-    """Real recordings as (features, labels) lists, for logging only (never for selection)."""
+RealSet = tuple[list[np.ndarray], list[np.ndarray], list[int]]
+
+
+def real_eval_sets() -> dict[str, RealSet]:
+    """Real recordings as (features, labels, unscored lead hops), for logging only (never for selection)."""
     from engines.evaluate import real_sets
     from engines.features import logmel
+    from engines.spec import HOP_LENGTH
 
-    out = {}
+    out: dict[str, RealSet] = {}
     for key, items in real_sets().items():
-        out[key] = ([logmel(it.audio) for it in items], [it.labels for it in items])
+        leads = [it.lead if it.lead is not None else np.zeros(0, np.float32) for it in items]
+        out[key] = (
+            [logmel(np.concatenate([lead, it.audio])) for lead, it in zip(leads, items, strict=True)],
+            [it.labels for it in items],
+            [lead.shape[0] // HOP_LENGTH for lead in leads],
+        )
     return out
 
 
@@ -368,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {"step": step, "elapsed_s": round(time.monotonic() - start, 1), "loss": round(loss_avg, 4)}
         if val_feats is not None and val_labels is not None:
             entry["synthetic_val"] = score_split(ema, val_feats, val_labels, device)
-        for key, (fs, ls) in real.items():
-            entry[key] = score_split(ema, fs, ls, device)
+        for key, (fs, ls, skips) in real.items():
+            entry[key] = score_split(ema, fs, ls, device, skips)
         score = selection_score(entry["synthetic_val"]) if "synthetic_val" in entry else float(step)
         entry["selection_score"] = round(score, 4)
         if score > best["score"]:
