@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         from engines.onnx_predictor import DEFAULT_MODEL_PATH
 
         path = DEFAULT_MODEL_PATH if args.model == "default" else Path(args.model)
-        results["cpu_cost"] = [bench_hop_ms(path, 1), bench_hop_ms(path, 2)]
+        results["cpu_cost"] = [bench_hop_ms(path, 1, rounds=5), bench_hop_ms(path, 2, rounds=5)]
         results["model_bytes"] = path.stat().st_size
         log.info("CPU cost (onnxruntime, 1 thread): %s", results["cpu_cost"])
     res = evaluate_model(model, val, real, args.val_limit)
