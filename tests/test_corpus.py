@@ -385,3 +385,14 @@ def test_val_split_uses_held_out_voices() -> None:
         assert base in VAL_LANGS or base in VAL_EN_ACCENTS, voice
         assert not variant or variant in VAL_VARIANTS, voice
     assert set(v["source"].tolist()) == {"espeak"}
+
+
+@pytest.mark.parametrize("arg", ["fi-mv=1", "cs-dita=0", "cs-dita=x"])
+def test_festival_voices_option_rejects_bad_values(arg: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engines.corpus.generate import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "c"), "--minutes", "1", "--festival-voices", arg])
+    assert exc.value.code == 2
+    assert arg in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

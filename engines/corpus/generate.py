@@ -375,9 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in VOICE_LANG:
             ap.error(f"--festival-voices {item!r}: unknown voice; known: {', '.join(sorted(VOICE_LANG))}")
         try:
-            fest.append((name, float(value or 1.0)))
+            weight = float(value or 1.0)
         except ValueError:
             ap.error(f"--festival-voices {item!r}: weight {value!r} is not a number")
+        if not weight > 0:
+            ap.error(f"--festival-voices {item!r}: weight must be > 0")
+        fest.append((name, weight))
+    missing = sorted({name for name, _ in fest} - set(available_voices()))
+    if missing:
+        ap.error(f"--festival-voices: not installed: {', '.join(missing)} (see the Makefile's APT_PKGS)")
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
         festival_fraction=args.festival_fraction, flite_fraction=args.flite_fraction, english_fraction=args.english_fraction,
