@@ -65,17 +65,18 @@ bench: setup-test
 # export with parity checks, evaluation into $(MODEL_RUN)/eval. Ship it with
 #   cp $(MODEL_RUN)/visemes.onnx engines/weights/visemes.onnx
 MODEL_RUN ?= runs/model
-MODEL_MINUTES ?= 52
+MODEL_MINUTES ?= 40
 MODEL_ARGS ?= --lookahead-ms 40 --seed 0 --channels 160 --hidden 224
 GEN := $(BIN)/python -m engines.corpus.generate --minutes 240 --jobs 2
 model: setup-test
 	$(BIN)/python -m engines.corpus.generate --out data/corpus3/val --minutes 30 --seed 12 --jobs 2 --val
+	$(BIN)/python -m engines.corpus.generate --out data/flite_val/val --minutes 16 --seed 99 --jobs 2 --festival-fraction 0 --flite-fraction 1
 	$(GEN) --out data/corpus2/train --seed 11 --festival-fraction 0.15 --aug p_pitch=0.2
 	$(GEN) --out data/corpus4/train --seed 31
 	$(GEN) --out data/corpus5/train --seed 41
 	$(GEN) --out data/corpus6/train --seed 51
 	$(BIN)/python -m engines.train --corpus data/corpus2 data/corpus4 data/corpus5 data/corpus6 \
-	  --val data/corpus3/val --out $(MODEL_RUN) --minutes $(MODEL_MINUTES) $(MODEL_ARGS)
+	  --val data/flite_val/val --out $(MODEL_RUN) --minutes $(MODEL_MINUTES) $(MODEL_ARGS)
 	$(BIN)/python -m engines.evaluate --model $(MODEL_RUN)/visemes.onnx --corpus data/corpus3 --out $(MODEL_RUN)/eval
 
 clean:
