@@ -178,6 +178,12 @@ class LabelledAudio:
     labels: NDArray[np.int8]
     lead: NDArray[np.float32] | None = None  # streamed before ``audio``, its hops not scored
 
+    def streamed(self) -> tuple[NDArray[np.float32], int]:
+        """(what to stream: lead + audio, how many leading hops of its output to drop)."""
+        if self.lead is None:
+            return self.audio, 0
+        return np.concatenate([self.lead, self.audio]), self.lead.shape[0] // HOP_LENGTH
+
 
 def live_lead(items: Sequence[LabelledAudio], seconds: float = LIVE_LEAD_S,
               dbfs: float = LIVE_FLOOR_DBFS, seed: int = 0) -> list[LabelledAudio]:
@@ -240,11 +246,8 @@ def score_audio_set(model: VisemeModel, items: Sequence[LabelledAudio]) -> Score
     """Stream every recording's audio through ``model``; accumulate the scores."""
     sc = Scores()
     for it in items:
-        if it.lead is None:
-            probs = stream_audio(model, it.audio)
-        else:
-            probs = stream_audio(model, np.concatenate([it.lead, it.audio]))[it.lead.shape[0] // HOP_LENGTH :]
-        score_probs(sc, probs, it.labels)
+        audio, skip = it.streamed()
+        score_probs(sc, stream_audio(model, audio)[skip:], it.labels)
     return sc
 
 

@@ -235,16 +235,11 @@ def real_eval_sets() -> dict[str, RealSet]:
     """Real recordings as (features, labels, unscored lead hops), for logging only (never for selection)."""
     from engines.evaluate import real_sets
     from engines.features import logmel
-    from engines.spec import HOP_LENGTH
 
     out: dict[str, RealSet] = {}
     for key, items in real_sets().items():
-        leads = [it.lead if it.lead is not None else np.zeros(0, np.float32) for it in items]
-        out[key] = (
-            [logmel(np.concatenate([lead, it.audio])) for lead, it in zip(leads, items, strict=True)],
-            [it.labels for it in items],
-            [lead.shape[0] // HOP_LENGTH for lead in leads],
-        )
+        streamed = [it.streamed() for it in items]
+        out[key] = ([logmel(a) for a, _ in streamed], [it.labels for it in items], [skip for _, skip in streamed])
     return out
 
 

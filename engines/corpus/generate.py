@@ -158,7 +158,8 @@ def festival_utterances(
     unknown = sorted(set(weights) - set(VOICE_LANG))
     if unknown:
         raise ValueError(f"unknown festival voices {unknown}; known: {sorted(VOICE_LANG)}")
-    voices = [v for v in weights if v in available_voices()]
+    installed = set(available_voices())  # one directory scan, not one per voice
+    voices = [v for v in weights if v in installed]
     if n <= 0 or not voices:
         return []
     reqs = []
