@@ -360,9 +360,28 @@ FESTIVAL_FINNISH: Final[dict[str, tuple[str, ...]]] = {
     "s": ("SS",), "z": ("SS",), "S": ("CH",), "Z": ("CH",), "r": ("RR",),
 }
 
+# The Russian msu_ru_nsh phone set (festvox-ru, festvox/msu_ru_nsh_phoneset.scm): doubled vowels
+# are stressed, doubled consonants soft (palatalised, same place of articulation). Reduced vowels
+# follow the espeak-ng choices for the same sounds: first-level ``a`` [ɐ] and the schwa ``ae``
+# [ə] as ARPAbet AH (E), ``ay`` [ɪ] (after a soft consonant) as I; ы (``yy``, ``y``) is unrounded
+# (I); ш ж щ ч protrude the lips (CH); ц is SS; х is kk; й (``j``) is I.
+FESTIVAL_RUSSIAN: Final[dict[str, tuple[str, ...]]] = {
+    "pau": ("sil",),
+    "aa": ("aa",), "a": ("E",), "ae": ("E",), "ay": ("I",), "ee": ("E",), "e": ("E",),
+    "ii": ("I",), "i": ("I",), "yy": ("I",), "y": ("I",), "oo": ("O",),
+    "uu": ("U",), "u": ("U",), "ur": ("U",),
+    "p": ("PP",), "pp": ("PP",), "b": ("PP",), "bb": ("PP",), "m": ("PP",), "mm": ("PP",),
+    "f": ("FF",), "ff": ("FF",), "v": ("FF",), "vv": ("FF",),
+    "t": ("DD",), "tt": ("DD",), "d": ("DD",), "dd": ("DD",),
+    "k": ("kk",), "kk": ("kk",), "g": ("kk",), "gg": ("kk",), "h": ("kk",), "hh": ("kk",),
+    "n": ("nn",), "nn": ("nn",), "l": ("nn",), "ll": ("nn",), "r": ("RR",), "rr": ("RR",),
+    "s": ("SS",), "ss": ("SS",), "z": ("SS",), "zz": ("SS",), "c": ("SS",),
+    "sh": ("CH",), "zh": ("CH",), "sch": ("CH",), "ch": ("CH",), "j": ("I",),
+}
+
 
 def festival_to_visemes(phone: str, lang: str = "en-us") -> tuple[str, ...]:
-    """Festival Segment name -> 1-2 visemes; ``lang`` "en-us" (radio ARPAbet, ``pau``), "it", "cs" or "fi"."""
+    """Festival Segment name -> 1-2 visemes; ``lang`` "en-us" (radio ARPAbet, ``pau``), "it", "cs", "fi" or "ru"."""
     p = phone.strip()
     if lang == "it":
         base = p[:-1] if p.endswith("1") else p
@@ -373,6 +392,10 @@ def festival_to_visemes(phone: str, lang: str = "en-us") -> tuple[str, ...]:
         if p in FESTIVAL_CZECH:
             return FESTIVAL_CZECH[p]
         raise KeyError(f"unknown festival Czech phone {phone!r}")
+    if lang == "ru":
+        if p in FESTIVAL_RUSSIAN:
+            return FESTIVAL_RUSSIAN[p]
+        raise KeyError(f"unknown festival Russian phone {phone!r}")
     if lang == "fi":
         base = p[:-1] if p.endswith(":") and len(p) > 1 else p
         if base in FESTIVAL_FINNISH:

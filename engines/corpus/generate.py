@@ -5,7 +5,7 @@
 Shard ``DIR/shard-XXXXX.npz`` holds, for utterances ``i = 0..n-1``: ``features_<i>`` float32
 (T, 40) (``engines.features.logmel`` of the augmented 16 kHz audio), ``labels_<i>`` int8 (T,)
 indices into ``engines.spec.VISEMES`` (hop ``t`` labelled at sample ``t*160 + 80``), and arrays
-``lang``, ``voice``, ``source`` (``espeak``|``festival``|``flite``) and ``text`` with one string per
+``lang``, ``voice``, ``source`` (``espeak``|``festival``|``flite``|``recorded``) and ``text`` with one string per
 utterance. Each shard is a pure function of (seed, shard index, --val, options).
 
 The held-out split (``--val``) uses voices and languages never used for training: the English
@@ -36,6 +36,7 @@ from engines.corpus.espeak import Espeak, Synthesis, list_variants
 from engines.corpus.festival import VOICE_LANG, FestivalRequest, available_voices, synth_batch
 from engines.corpus.flite import Flite, FliteError, FliteRequest
 from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
+from engines.corpus.recorded import available_dbs, load_recording, training_prompts
 from engines.corpus.text import TextSource, fortunes, words
 from engines.features import logmel
 from engines.phonemes import espeak_to_visemes, festival_to_visemes
@@ -72,6 +73,7 @@ class GenConfig:
     p_clean: float = 0.08  # utterances left unaugmented except silence padding and gain
     festival_fraction: float = 0.8  # share of a shard's expected utterances made by festival (0 in --val)
     flite_fraction: float = 0.0  # share made by flite's ARCTIC voices, on top of festival's (0 in --val)
+    recorded_fraction: float = 0.0  # share drawn from recorded human speech (engines.corpus.recorded; 0 in --val)
     # festival voice -> relative weight (None: FESTIVAL_WEIGHTS, the corpus4-6 recipe)
     festival_voices: tuple[tuple[str, float], ...] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -199,6 +201,19 @@ def flite_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> lis
     return out
 
 
+def recorded_utterances(rng: np.random.Generator, n: int) -> list[Utt]:
+    """``n`` prompts drawn (with replacement) from the installed recorded databases' training prompts."""
+    pool = [(db, name) for db in available_dbs() for name in training_prompts(db)]
+    if n <= 0 or not pool:
+        return []
+    out = []
+    for j in rng.integers(len(pool), size=n):
+        rec = load_recording(*pool[int(j)])
+        segs = phones_to_segments(rec.phones, partial(festival_to_visemes, lang=rec.lang))
+        out.append(Utt(rec.audio, attach_closures(segs, rec.audio), rec.lang, rec.db, "recorded", rec.text))
+    return out
+
+
 def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
     """All arrays of shard ``index``: deterministic from (cfg, index)."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val)]))
@@ -215,6 +230,11 @@ def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
         pending += flite_utterances(frng, int(round(expected * cfg.flite_fraction)), texts)
         pending = [pending[int(j)] for j in frng.permutation(len(pending))]
         frac += cfg.flite_fraction
+    if cfg.recorded_fraction > 0 and not cfg.val:
+        rrng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val), 11]))
+        pending += recorded_utterances(rrng, int(round(expected * cfg.recorded_fraction)))
+        pending = [pending[int(j)] for j in rrng.permutation(len(pending))]
+        frac += cfg.recorded_fraction
     arrays: dict[str, np.ndarray] = {}
     langs: list[str] = []
     voices: list[str] = []
@@ -355,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dev-speech", type=Path, default=None, help="folder with noise/ and rir/")
     ap.add_argument("--flite-fraction", type=float, default=0.0,
                     help="flite (CMU ARCTIC awb/rms/slt voices) share of utterances, on top of festival's")
+    ap.add_argument("--recorded-fraction", type=float, default=0.0,
+                    help="share of utterances from recorded human speech (festvox-ru's msu_ru_nsh recordings)")
     ap.add_argument("--festival-fraction", type=float, default=0.8, help="festival share (~92 %% of hops at 0.8)")
     ap.add_argument("--festival-voices", nargs="*", default=None, metavar="VOICE=WEIGHT",
                     help="festival voices and relative weights (default: the corpus4-6 mix, FESTIVAL_WEIGHTS)")
@@ -385,9 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = sorted({name for name, _ in fest} - set(available_voices()))
     if missing:
         ap.error(f"--festival-voices: not installed: {', '.join(missing)} (see the Makefile's APT_PKGS)")
+    if args.recorded_fraction > 0 and not available_dbs():
+        ap.error("--recorded-fraction: no recorded speech database is installed (Debian festvox-ru)")
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
-        festival_fraction=args.festival_fraction, flite_fraction=args.flite_fraction, english_fraction=args.english_fraction,
+        festival_fraction=args.festival_fraction, flite_fraction=args.flite_fraction,
+        recorded_fraction=args.recorded_fraction, english_fraction=args.english_fraction,
         shard_seconds=args.shard_seconds, festival_voices=tuple(fest) or None,
     )
     n = generate(cfg, args.out, args.minutes, args.jobs)
