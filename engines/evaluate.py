@@ -90,6 +90,27 @@ def tolerant_accuracy(
     return float(np.mean(tolerant_hits(pred, ref, tol)))
 
 
+def cues_to_shapes(cues: Sequence[dict[str, Any]], n_hops: int) -> NDArray[np.int64]:
+    """Rhubarb-format mouth cues (``start``/``end`` s, ``value`` A-H or X) -> (n_hops,) shape indices.
+
+    Hop ``t`` takes the cue covering its centre, ``(t*HOP_LENGTH + HOP_LENGTH//2) / SAMPLE_RATE`` s
+    (the labels' convention); where cues overlap the later one in the list wins, as a timeline
+    written in order would keep it; hops outside every cue are X. Raises ValueError naming an
+    unknown shape or a cue that ends before it starts.
+    """
+    index = {s: i for i, s in enumerate(RHUBARB_SHAPES)}
+    centres = (np.arange(n_hops) * HOP_LENGTH + HOP_LENGTH // 2) / SAMPLE_RATE
+    out = np.full(n_hops, index["X"], np.int64)
+    for cue in cues:
+        value, start, end = str(cue["value"]), float(cue["start"]), float(cue["end"])
+        if value not in index:
+            raise ValueError(f"unknown mouth shape {value!r} in cue {cue!r}; expected one of {''.join(RHUBARB_SHAPES)}")
+        if end < start:
+            raise ValueError(f"cue ends before it starts: {cue!r}")
+        out[(centres >= start) & (centres < end)] = index[value]
+    return out
+
+
 @dataclass
 class Scores:
     """Accumulated frame counts over utterances (micro-averaged: every frame weighs the same)."""

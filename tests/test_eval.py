@@ -109,3 +109,35 @@ def test_live_lead_is_streamed_first_and_never_scored() -> None:
         assert score_audio_set(model, items).summary()["frames"] == 100  # only the recording's hops
     with pytest.raises(ValueError, match="lead"):
         live_lead(cold, seconds=0.0)
+
+
+def test_cues_to_shapes_reads_rhubarb_cues_per_hop_centre() -> None:
+    from engines.evaluate import cues_to_shapes
+
+    idx = {s: i for i, s in enumerate(RHUBARB_SHAPES)}
+    cues = [{"start": 0.0, "end": 0.05, "value": "X"}, {"start": 0.05, "end": 0.12, "value": "B"},
+            {"start": 0.10, "end": 0.15, "value": "D"}]  # overlaps B: the later cue wins
+    got = cues_to_shapes(cues, 18)
+    assert got.tolist() == [idx["X"]] * 5 + [idx["B"]] * 5 + [idx["D"]] * 5 + [idx["X"]] * 3
+    with pytest.raises(ValueError, match="unknown mouth shape 'Q'"):
+        cues_to_shapes([{"start": 0, "end": 1, "value": "Q"}], 3)
+    with pytest.raises(ValueError, match="ends before it starts"):
+        cues_to_shapes([{"start": 1, "end": 0.5, "value": "A"}], 3)
+
+
+def test_cues_to_shapes_round_trips_our_rhubarb_export() -> None:
+    """`avatar visemes --format rhubarb-json` cues read back hop for hop (after its blip filter)."""
+    from engines.evaluate import cues_to_shapes
+    from engines.phonemes import rhubarb_decide
+    from server.offline import shape_cues
+
+    rng = np.random.default_rng(0)
+    runs = rng.integers(0, N_VISEMES, size=40)
+    weights = np.zeros((0, N_VISEMES), np.float32)
+    for v in runs:  # runs of 2-6 hops, so the 3-hop majority filter changes nothing
+        block = np.full((int(rng.integers(2, 7)), N_VISEMES), 0.01, np.float32)
+        block[:, v] = 0.9
+        weights = np.concatenate([weights, block])
+    cues = shape_cues(weights, weights.shape[0] / 100)
+    back = cues_to_shapes([{"start": s, "end": e, "value": v} for s, e, v in cues], weights.shape[0])
+    assert back.tolist() == rhubarb_decide(weights).tolist()

@@ -80,6 +80,7 @@ def read_lab(path: Path, rate: int = SAMPLE_RATE) -> list[tuple[str, int, int]]:
     return out
 
 
+@cache
 def _prompts(folder: Path) -> dict[str, str]:
     """``etc/txt.done.data`` -> {prompt name: text} (empty when the file is absent)."""
     path = folder / "etc" / "txt.done.data"
