@@ -10,10 +10,11 @@ APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k
             festvox-kdlpc16k festvox-italp16k festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb \
             festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj libflite1 firefox-esr pulseaudio \
             fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
-            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch
+            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs npm
+RHUBARB_NPM := rhubarb-lip-sync-wasm@0.1.8
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: setup setup-train setup-test serve test lint bench model clean
+.PHONY: setup setup-train setup-test setup-model serve test lint bench model clean
 
 # Runtime install: the package (editable), its serving dependencies, the silero VAD ONNX file,
 # and photo-avatar registration (mediapipe's face mesh; --no-deps: see pyproject.toml).
@@ -42,6 +43,12 @@ $(VENV)/.test-done: $(VENV)/.train-done
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "WARNING: missing Debian packages (tests needing them will skip):$$missing"; fi; \
 	fi
+	@# Rhubarb Lip Sync (WebAssembly port) for the offline-reference comparison (bench/rhubarb_reference.py)
+	@if command -v npm >/dev/null 2>&1; then \
+	  test -f bench/.rhubarb/node_modules/rhubarb-lip-sync-wasm/dist/index.js || \
+	  npm install --prefix bench/.rhubarb --no-audit --no-fund $(RHUBARB_NPM) >/dev/null 2>&1 || \
+	  echo "WARNING: npm install $(RHUBARB_NPM) failed (its test will skip)"; \
+	else echo "WARNING: npm missing: the Rhubarb comparison test will skip"; fi
 	touch $@
 
 serve: setup
@@ -68,14 +75,27 @@ MODEL_RUN ?= runs/model
 MODEL_MINUTES ?= 40
 MODEL_ARGS ?= --lookahead-ms 40 --seed 0 --channels 160 --hidden 224
 GEN := $(BIN)/python -m engines.corpus.generate --minutes 240 --jobs 2
-model: setup-test
+# Debian packages only `make model` needs: festvox-ru ships the recorded Russian speech of
+# corpus11/12 (a 178 MB download, so the test set-up does not fetch it).
+MODEL_APT_PKGS := festvox-ru
+setup-model: setup-test
+	@missing=""; for p in $(MODEL_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "ERROR: make model needs the Debian packages:$$missing"; exit 1; fi; \
+	fi
+
+model: setup-model
 	$(BIN)/python -m engines.corpus.generate --out data/corpus3/val --minutes 30 --seed 12 --jobs 2 --val
 	$(BIN)/python -m engines.corpus.generate --out data/flite_val/val --minutes 16 --seed 99 --jobs 2 --festival-fraction 0 --flite-fraction 1
 	$(GEN) --out data/corpus2/train --seed 11 --festival-fraction 0.15 --aug p_pitch=0.2
 	$(GEN) --out data/corpus4/train --seed 31
 	$(GEN) --out data/corpus5/train --seed 41
 	$(GEN) --out data/corpus6/train --seed 51
-	$(BIN)/python -m engines.train --corpus data/corpus2 data/corpus4 data/corpus5 data/corpus6 \
+	$(GEN) --out data/corpus11/train --seed 111 --festival-fraction 0 --recorded-fraction 0.7
+	$(GEN) --out data/corpus12/train --seed 121 --festival-fraction 0 --recorded-fraction 0.7
+	$(BIN)/python -m engines.train --corpus data/corpus2 data/corpus4 data/corpus5 data/corpus6 data/corpus11 data/corpus12 \
 	  --val data/flite_val/val --out $(MODEL_RUN) --minutes $(MODEL_MINUTES) $(MODEL_ARGS)
 	$(BIN)/python -m engines.evaluate --model $(MODEL_RUN)/visemes.onnx --corpus data/corpus3 --out $(MODEL_RUN)/eval
 
