@@ -10,7 +10,7 @@ APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k
             festvox-kdlpc16k festvox-italp16k festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb \
             festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj libflite1 firefox-esr pulseaudio \
             fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
-            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs npm
+            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs
 RHUBARB_NPM := rhubarb-lip-sync-wasm@0.1.8
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 
@@ -44,6 +44,9 @@ $(VENV)/.test-done: $(VENV)/.train-done
 	  else echo "WARNING: missing Debian packages (tests needing them will skip):$$missing"; fi; \
 	fi
 	@# Rhubarb Lip Sync (WebAssembly port) for the offline-reference comparison (bench/rhubarb_reference.py)
+	@# (Debian's nodejs comes without npm; NodeSource's includes it, and conflicts with Debian's npm)
+	@if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null || true; fi
 	@if command -v npm >/dev/null 2>&1; then \
 	  test -f bench/.rhubarb/node_modules/rhubarb-lip-sync-wasm/dist/index.js || \
 	  npm install --prefix bench/.rhubarb --no-audit --no-fund $(RHUBARB_NPM) >/dev/null 2>&1 || \
