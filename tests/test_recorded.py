@@ -89,7 +89,7 @@ def test_holdout_prompts_never_train(fake_db: str) -> None:
     assert all(u.segments[0].viseme == "sil" for u in utts)
 
 
-def test_recorded_fraction_adds_recordings_and_keeps_old_corpora(fake_db: str, tmp_path: Path) -> None:
+def test_recorded_fraction_mixes_in_recordings(fake_db: str, tmp_path: Path) -> None:
     if not (DEV_SPEECH / "noise").is_dir():
         pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
     base = GenConfig(seed=3, shard_seconds=20.0, festival_fraction=0.0,
