@@ -32,17 +32,23 @@ $(VENV)/.train-done: $(VENV)/.setup-done
 	$(PIP) -e '.[train]'
 	touch $@
 
-# Everything the test-suite needs: Python extras + Debian packages (when apt is available).
-setup-test: $(VENV)/.test-done
-$(VENV)/.test-done: $(VENV)/.train-done
-	$(PIP) -e '.[dev,photo]'
-	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call apt_install,PACKAGES,WHAT TO RUN WHEN THEY ARE MISSING AND apt-get CANNOT INSTALL THEM)
+# installs the missing Debian packages when apt-get is there and we are root; "$$missing" names them.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "WARNING: missing Debian packages (tests needing them will skip):$$missing"; fi; \
+	  else $(2); fi; \
 	fi
+endef
+
+# Everything the test-suite needs: Python extras + Debian packages (when apt is available).
+setup-test: $(VENV)/.test-done
+$(VENV)/.test-done: $(VENV)/.train-done
+	$(PIP) -e '.[dev,photo]'
+	$(call apt_install,$(APT_PKGS),echo "WARNING: missing Debian packages (tests needing them will skip):$$missing")
 	@# Rhubarb Lip Sync (WebAssembly port) for the offline-reference comparison (bench/rhubarb_reference.py)
 	@# (Debian's nodejs comes without npm; NodeSource's includes it, and conflicts with Debian's npm)
 	@if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -82,12 +88,7 @@ GEN := $(BIN)/python -m engines.corpus.generate --minutes 240 --jobs 2
 # corpus11/12 (a 178 MB download, so the test set-up does not fetch it).
 MODEL_APT_PKGS := festvox-ru
 setup-model: setup-test
-	@missing=""; for p in $(MODEL_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "ERROR: make model needs the Debian packages:$$missing"; exit 1; fi; \
-	fi
+	$(call apt_install,$(MODEL_APT_PKGS),echo "ERROR: make model needs the Debian packages:$$missing"; exit 1)
 
 model: setup-model
 	$(BIN)/python -m engines.corpus.generate --out data/corpus3/val --minutes 30 --seed 12 --jobs 2 --val

@@ -126,10 +126,19 @@ def _weighted_pick(rng: np.random.Generator, weights: dict[str, float], names: S
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
+def _utt_from_phones(
+    audio: np.ndarray, phones: Sequence[tuple[str, int, int]], to_visemes: Callable[[str], tuple[str, ...]],
+    lang: str, voice: str, source: str, text: str,
+) -> Utt:
+    """16 kHz audio with (phone, start, end) samples as an :class:`Utt`: viseme segments, closures attached."""
+    segs = phones_to_segments(phones, to_visemes)
+    return Utt(audio, attach_closures(segs, audio), lang, voice, source, text)
+
+
 def _utt(syn: Synthesis, to_visemes: Callable[[str], tuple[str, ...]], voice: str, source: str, text: str) -> Utt:
-    """A synthesis as an :class:`Utt`: its phones mapped to viseme segments, closures attached."""
-    segs = phones_to_segments([(p.name, p.start, p.end) for p in syn.phones], to_visemes)
-    return Utt(syn.audio, attach_closures(segs, syn.audio), syn.lang, voice, source, text)
+    """A synthesis as an :class:`Utt` (see :func:`_utt_from_phones`)."""
+    phones = [(p.name, p.start, p.end) for p in syn.phones]
+    return _utt_from_phones(syn.audio, phones, to_visemes, syn.lang, voice, source, text)
 
 
 def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource) -> Utt:
@@ -209,8 +218,8 @@ def recorded_utterances(rng: np.random.Generator, n: int) -> list[Utt]:
     out = []
     for j in rng.integers(len(pool), size=n):
         rec = load_recording(*pool[int(j)])
-        segs = phones_to_segments(rec.phones, partial(festival_to_visemes, lang=rec.lang))
-        out.append(Utt(rec.audio, attach_closures(segs, rec.audio), rec.lang, rec.db, "recorded", rec.text))
+        to_visemes = partial(festival_to_visemes, lang=rec.lang)
+        out.append(_utt_from_phones(rec.audio, rec.phones, to_visemes, rec.lang, rec.db, "recorded", rec.text))
     return out
 
 
