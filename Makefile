@@ -10,7 +10,8 @@ APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k
             festvox-kdlpc16k festvox-italp16k festvox-itapc16k festival-czech festvox-czech-dita festvox-czech-krb \
             festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj libflite1 firefox-esr pulseaudio \
             fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
-            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs
+            wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs \
+            asterisk-core-sounds-en-g722 asterisk-core-sounds-en
 RHUBARB_NPM := rhubarb-lip-sync-wasm@0.1.8
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 

@@ -13,6 +13,9 @@ model and the ``energy`` baseline on
   live session the microphone is open before the person speaks. Here the stream first gets
   ``LIVE_LEAD_S`` of a ``LIVE_FLOOR_DBFS`` noise floor (seeded white noise), and only the
   recording's own hops are scored,
+- ``recorded_heldout_<db>``: the held-out prompts (every 20th) of each installed recorded training
+  database (:mod:`engines.corpus.recorded`: festvox-ru's Russian reader, the aligned Asterisk
+  prompts), whose other prompts train: unseen sentences of voices the model has heard,
 
 on the 15 visemes and on Rhubarb's 9 shapes (A-H, X), strict and tolerant (a frame is correct
 if the prediction equals the reference anywhere within +-4 hops = +-40 ms). It writes
@@ -254,6 +257,29 @@ def real_sets() -> dict[str, list[LabelledAudio]]:
     return sets
 
 
+def recorded_sets() -> dict[str, list[LabelledAudio]]:
+    """{'recorded_heldout_<db>': held-out prompts} for every installed recorded database.
+
+    Labels follow the corpus generator exactly (phones -> segments -> closures -> hops).
+    """
+    from functools import partial
+
+    from engines.corpus.labels import attach_closures, phones_to_segments, segments_to_labels
+    from engines.corpus.recorded import available_dbs, heldout_prompts, load_recording
+    from engines.phonemes import festival_to_visemes
+
+    sets: dict[str, list[LabelledAudio]] = {}
+    for db in available_dbs():
+        items = []
+        for name in heldout_prompts(db):
+            rec = load_recording(db, name)
+            segs = phones_to_segments(rec.phones, partial(festival_to_visemes, lang=rec.lang))
+            labels = segments_to_labels(attach_closures(segs, rec.audio), rec.audio.shape[0])
+            items.append(LabelledAudio(f"{db}/{name}", rec.audio, labels))
+        sets[f"recorded_heldout_{db}"] = items
+    return sets
+
+
 def score_probs(sc: Scores, probs: NDArray[np.float32], labels: NDArray[np.integer[Any]]) -> None:
     """Add one utterance's (T, 15) probabilities against (T,) reference visemes to ``sc``.
 
@@ -436,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.warning("no synthetic val split at %s", vdir)
     real = real_sets()
+    real.update(recorded_sets())
 
     results: dict[str, Any] = {"val_dir": _val_dir_note(args.corpus), "val_limit": args.val_limit}
     model = _load(args.model, args.engine)
@@ -450,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     results["model"] = _strip(res)
     energy = evaluate_model(_load("energy", args.engine), val, real, args.val_limit)
     results["energy"] = _strip(energy)
-    for key in ("synthetic_val", "real_reference", "real_aligned", "real_aligned_all", "real_aligned_all_live"):
+    for key in ("synthetic_val", "real_reference", "real_aligned", "real_aligned_all", "real_aligned_all_live",
+                *sorted(k for k in res if k.startswith("recorded_heldout_"))):
         if key in res:
             log.info("%-15s model %s", key, res[key])
             log.info("%-15s energy %s", key, energy[key])

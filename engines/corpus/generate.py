@@ -74,6 +74,7 @@ class GenConfig:
     festival_fraction: float = 0.8  # share of a shard's expected utterances made by festival (0 in --val)
     flite_fraction: float = 0.0  # share made by flite's ARCTIC voices, on top of festival's (0 in --val)
     recorded_fraction: float = 0.0  # share drawn from recorded human speech (engines.corpus.recorded; 0 in --val)
+    recorded_dbs: tuple[str, ...] = ("ru-nsh",)  # which recorded databases those draws come from
     # festival voice -> relative weight (None: FESTIVAL_WEIGHTS, the corpus4-6 recipe)
     festival_voices: tuple[tuple[str, float], ...] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -210,9 +211,11 @@ def flite_utterances(rng: np.random.Generator, n: int, texts: TextSource) -> lis
     return out
 
 
-def recorded_utterances(rng: np.random.Generator, n: int) -> list[Utt]:
-    """``n`` prompts drawn (with replacement) from the installed recorded databases' training prompts."""
-    pool = [(db, name) for db in available_dbs() for name in training_prompts(db)]
+def recorded_utterances(rng: np.random.Generator, n: int, dbs: Sequence[str] | None = None) -> list[Utt]:
+    """``n`` prompts drawn (with replacement, every prompt alike) from the training prompts of
+    ``dbs`` (default: every installed recorded database)."""
+    dbs = available_dbs() if dbs is None else dbs
+    pool = [(db, name) for db in dbs for name in training_prompts(db)]
     if n <= 0 or not pool:
         return []
     out = []
@@ -241,7 +244,7 @@ def make_shard(cfg: GenConfig, index: int) -> dict[str, np.ndarray]:
         frac += cfg.flite_fraction
     if cfg.recorded_fraction > 0 and not cfg.val:
         rrng = np.random.default_rng(np.random.SeedSequence([cfg.seed, index, int(cfg.val), 11]))
-        pending += recorded_utterances(rrng, int(round(expected * cfg.recorded_fraction)))
+        pending += recorded_utterances(rrng, int(round(expected * cfg.recorded_fraction)), cfg.recorded_dbs)
         pending = [pending[int(j)] for j in rrng.permutation(len(pending))]
         frac += cfg.recorded_fraction
     arrays: dict[str, np.ndarray] = {}
@@ -385,7 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--flite-fraction", type=float, default=0.0,
                     help="flite (CMU ARCTIC awb/rms/slt voices) share of utterances, on top of festival's")
     ap.add_argument("--recorded-fraction", type=float, default=0.0,
-                    help="share of utterances from recorded human speech (festvox-ru's msu_ru_nsh recordings)")
+                    help="recorded human speech drawn per shard, as a share of its expected ~40 utterances "
+                         "(above 1 for databases of short prompts)")
+    ap.add_argument("--recorded-dbs", nargs="+", default=["ru-nsh"], metavar="DB",
+                    help="recorded databases to draw from (engines.corpus.recorded.RECORDED_DBS)")
     ap.add_argument("--festival-fraction", type=float, default=0.8, help="festival share (~92 %% of hops at 0.8)")
     ap.add_argument("--festival-voices", nargs="*", default=None, metavar="VOICE=WEIGHT",
                     help="festival voices and relative weights (default: the corpus4-6 mix, FESTIVAL_WEIGHTS)")
@@ -416,12 +422,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = sorted({name for name, _ in fest} - set(available_voices()))
     if missing:
         ap.error(f"--festival-voices: not installed: {', '.join(missing)} (see the Makefile's APT_PKGS)")
-    if args.recorded_fraction > 0 and not available_dbs():
-        ap.error("--recorded-fraction: no recorded speech database is installed (Debian festvox-ru)")
+    if args.recorded_fraction > 0:
+        missing_dbs = sorted(set(args.recorded_dbs) - set(available_dbs()))
+        if missing_dbs:
+            ap.error(f"--recorded-dbs: not available: {', '.join(missing_dbs)} (ru-nsh: Debian festvox-ru; "
+                     "en-allison: python -m engines.corpus.transcribed)")
     cfg = GenConfig(
         seed=args.seed, val=args.val, langs=tuple(args.langs) if args.langs else None, augment=aug,
         festival_fraction=args.festival_fraction, flite_fraction=args.flite_fraction,
-        recorded_fraction=args.recorded_fraction, english_fraction=args.english_fraction,
+        recorded_fraction=args.recorded_fraction, recorded_dbs=tuple(args.recorded_dbs),
+        english_fraction=args.english_fraction,
         shard_seconds=args.shard_seconds, festival_voices=tuple(fest) or None,
     )
     n = generate(cfg, args.out, args.minutes, args.jobs)

@@ -10,6 +10,10 @@ Debian ships one such database, festvox-ru (``msu_ru_nsh_clunits``: 621 prompts,
 minutes of a Russian man reading fiction, 16 kHz, BSD-like licence). Its phone set
 (``festvox/msu_ru_nsh_phoneset.scm``) maps to visemes through
 :data:`engines.phonemes.FESTIVAL_RUSSIAN`.
+
+Recordings that come with texts but no phone times are made into the same layout under
+:data:`RECORDED_ROOT` by forced alignment (:mod:`engines.corpus.transcribed`): ``en-allison``,
+Debian's Asterisk telephone prompts (US English, one woman), phones in lower-case ARPAbet.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from scipy.signal import resample_poly
 
 from engines.spec import SAMPLE_RATE
 
-# database name -> (folder holding wav/ and lab/, language of its phone set)
+RECORDED_ROOT = Path(__file__).resolve().parents[2] / "data" / "recorded"  # databases made by forced alignment
+
+# database name -> (folder holding wav/ and lab/, phone set for engines.phonemes.festival_to_visemes)
 RECORDED_DBS: dict[str, tuple[Path, str]] = {
     "ru-nsh": (Path("/usr/share/festival/voices/russian/msu_ru_nsh_clunits"), "ru"),
+    "en-allison": (RECORDED_ROOT / "en-allison", "en-us"),  # python -m engines.corpus.transcribed
 }
 
 
