@@ -86,7 +86,8 @@ MODEL_MINUTES ?= 40
 MODEL_ARGS ?= --lookahead-ms 40 --seed 0 --channels 160 --hidden 224
 GEN := $(BIN)/python -m engines.corpus.generate --minutes 240 --jobs 2
 # Debian packages only `make model` needs: festvox-ru ships the recorded Russian speech of
-# corpus11/12 (a 178 MB download, so the test set-up does not fetch it).
+# corpus11/12 (a 178 MB download, so the test set-up does not fetch it). The Asterisk prompts of
+# corpus14/15 (asterisk-core-sounds-en-g722, 10 MB) come with the test set-up's APT_PKGS.
 MODEL_APT_PKGS := festvox-ru
 setup-model: setup-test
 	$(call apt_install,$(MODEL_APT_PKGS),echo "ERROR: make model needs the Debian packages:$$missing"; exit 1)
@@ -100,7 +101,11 @@ model: setup-model
 	$(GEN) --out data/corpus6/train --seed 51
 	$(GEN) --out data/corpus11/train --seed 111 --festival-fraction 0 --recorded-fraction 0.7
 	$(GEN) --out data/corpus12/train --seed 121 --festival-fraction 0 --recorded-fraction 0.7
+	$(BIN)/python -m engines.corpus.transcribed --source en-allison
+	$(GEN) --out data/corpus14/train --seed 141 --festival-fraction 0 --recorded-fraction 2.5 --recorded-dbs en-allison
+	$(GEN) --out data/corpus15/train --seed 151 --festival-fraction 0 --recorded-fraction 2.5 --recorded-dbs en-allison
 	$(BIN)/python -m engines.train --corpus data/corpus2 data/corpus4 data/corpus5 data/corpus6 data/corpus11 data/corpus12 \
+	  data/corpus14 data/corpus15 \
 	  --val data/flite_val/val --out $(MODEL_RUN) --minutes $(MODEL_MINUTES) $(MODEL_ARGS)
 	$(BIN)/python -m engines.evaluate --model $(MODEL_RUN)/visemes.onnx --corpus data/corpus3 --out $(MODEL_RUN)/eval
 
