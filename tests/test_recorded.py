@@ -95,7 +95,7 @@ def test_recorded_fraction_mixes_in_recordings(fake_db: str, tmp_path: Path) -> 
     base = GenConfig(seed=3, shard_seconds=20.0, festival_fraction=0.0,
                      augment=replace(aug.AugmentConfig(), dev_speech=DEV_SPEECH))
     texts = {}
-    for name, cfg in {"plain": base, "mixed": replace(base, recorded_fraction=0.7)}.items():
+    for name, cfg in {"plain": base, "mixed": replace(base, recorded_fraction=0.7, recorded_dbs=(fake_db,))}.items():
         assert generate(cfg, tmp_path / name, minutes=1 / 3, jobs=1) == 1
         with np.load(tmp_path / name / "shard-00000.npz") as z:
             texts[name] = (z["source"].tolist(), z["voice"].tolist())
