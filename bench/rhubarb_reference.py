@@ -116,7 +116,8 @@ def main() -> int:
     from engines import realdata
 
     items = realdata.load_aligned_set(names=realdata.ALL_NAMES)
-    sets = evaluate.real_sets()
+    cold = [evaluate.LabelledAudio(it.name, it.audio, it.labels) for it in items]
+    sets = {"real_aligned_all": cold, "real_aligned_all_live": evaluate.live_lead(cold)}  # as evaluate.real_sets
     rows: dict[str, Any] = {}
     preds: dict[str, dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="rhubarb-") as tmp:

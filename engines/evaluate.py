@@ -260,21 +260,22 @@ def real_sets() -> dict[str, list[LabelledAudio]]:
 def recorded_sets() -> dict[str, list[LabelledAudio]]:
     """{'recorded_heldout_<db>': held-out prompts} for every installed recorded database.
 
-    Labels follow the corpus generator exactly (phones -> segments -> closures -> hops).
+    Labels are the corpus generator's (:func:`engines.corpus.recorded.viseme_segments`).
     """
-    from functools import partial
-
-    from engines.corpus.labels import attach_closures, phones_to_segments, segments_to_labels
-    from engines.corpus.recorded import available_dbs, heldout_prompts, load_recording
-    from engines.phonemes import festival_to_visemes
+    from engines.corpus.labels import segments_to_labels
+    from engines.corpus.recorded import (
+        available_dbs,
+        heldout_prompts,
+        load_recording,
+        viseme_segments,
+    )
 
     sets: dict[str, list[LabelledAudio]] = {}
     for db in available_dbs():
         items = []
         for name in heldout_prompts(db):
             rec = load_recording(db, name)
-            segs = phones_to_segments(rec.phones, partial(festival_to_visemes, lang=rec.lang))
-            labels = segments_to_labels(attach_closures(segs, rec.audio), rec.audio.shape[0])
+            labels = segments_to_labels(viseme_segments(rec), rec.audio.shape[0])
             items.append(LabelledAudio(f"{db}/{name}", rec.audio, labels))
         sets[f"recorded_heldout_{db}"] = items
     return sets

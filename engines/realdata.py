@@ -167,7 +167,7 @@ _LOOSE_SAME: frozenset[frozenset[str]] = frozenset(
     for pair in (("D", "T"), ("ER", "R"), ("IH", "IY"), ("AH", "IH"), ("AH", "AE"), ("AH", "EH"))
 )
 _VOWELS = frozenset("AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split())
-_SILENT = ("SIL", "+SPN+", "+NSN+")
+SILENT_PHONES = ("SIL", "+SPN+", "+NSN+")  # pocketsphinx en-us silence and filler phones (its noisedict)
 
 
 def _loose_eq(x: str, y: str) -> bool:
@@ -207,7 +207,7 @@ def phone_agreement(timit: list[str], cmu: list[str]) -> float:
     ``dx`` as T; D and T count as equal, as do ER/R and IH/IY/AH for reduced vowels).
     """
     a = _timit_as_cmu(timit)
-    b = [p.upper() for p in cmu if p.upper() not in _SILENT]
+    b = [p.upper() for p in cmu if p.upper() not in SILENT_PHONES]
     dist, _ = _edit_alignment(a, b)
     return 1.0 - float(dist) / max(len(a), 1)
 
@@ -220,7 +220,7 @@ def human_phone_identities(timit: list[str], phones: list[tuple[str, int, int]])
     schwa, ``ah``, ``iy`` in "thee"). The two sequences are edit-aligned; a pair counts when the
     phones match loosely or both are vowels. Closures, silences and unpaired phones get None.
     """
-    pos = [k for k, (p, _, _) in enumerate(phones) if p.upper() not in _SILENT]
+    pos = [k for k, (p, _, _) in enumerate(phones) if p.upper() not in SILENT_PHONES]
     kept = [p for p in timit if p not in _DROP]
     a = _timit_as_cmu(kept)  # position i of ``a`` is the ARPAbet spelling of ``kept[i]``
     b = [phones[k][0].upper() for k in pos]
@@ -243,7 +243,7 @@ def cmu_segments(phones: list[tuple[str, int, int]], human: list[str | None] | N
         said = human[k] if human is not None else None
         if said is not None:
             vis = timit_to_visemes(said)
-        elif name.upper() in _SILENT:
+        elif name.upper() in SILENT_PHONES:
             vis = ("sil",)
         else:
             vis = arpabet_to_visemes(name)

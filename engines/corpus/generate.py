@@ -35,8 +35,8 @@ from engines.corpus.augment import AugmentConfig, NoiseBank, augment
 from engines.corpus.espeak import Espeak, Synthesis, list_variants
 from engines.corpus.festival import VOICE_LANG, FestivalRequest, available_voices, synth_batch
 from engines.corpus.flite import Flite, FliteError, FliteRequest
-from engines.corpus.labels import Segment, attach_closures, phones_to_segments, segments_to_labels
-from engines.corpus.recorded import available_dbs, load_recording, training_prompts
+from engines.corpus.labels import Segment, aligned_segments, segments_to_labels
+from engines.corpus.recorded import available_dbs, load_recording, training_prompts, viseme_segments
 from engines.corpus.text import TextSource, fortunes, words
 from engines.features import logmel
 from engines.phonemes import espeak_to_visemes, festival_to_visemes
@@ -127,19 +127,10 @@ def _weighted_pick(rng: np.random.Generator, weights: dict[str, float], names: S
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
-def _utt_from_phones(
-    audio: np.ndarray, phones: Sequence[tuple[str, int, int]], to_visemes: Callable[[str], tuple[str, ...]],
-    lang: str, voice: str, source: str, text: str,
-) -> Utt:
-    """16 kHz audio with (phone, start, end) samples as an :class:`Utt`: viseme segments, closures attached."""
-    segs = phones_to_segments(phones, to_visemes)
-    return Utt(audio, attach_closures(segs, audio), lang, voice, source, text)
-
-
 def _utt(syn: Synthesis, to_visemes: Callable[[str], tuple[str, ...]], voice: str, source: str, text: str) -> Utt:
-    """A synthesis as an :class:`Utt` (see :func:`_utt_from_phones`)."""
+    """A synthesis as an :class:`Utt`: its phones as viseme segments (:func:`aligned_segments`)."""
     phones = [(p.name, p.start, p.end) for p in syn.phones]
-    return _utt_from_phones(syn.audio, phones, to_visemes, syn.lang, voice, source, text)
+    return Utt(syn.audio, aligned_segments(phones, syn.audio, to_visemes), syn.lang, voice, source, text)
 
 
 def espeak_utterance(rng: np.random.Generator, cfg: GenConfig, texts: TextSource) -> Utt:
@@ -221,8 +212,7 @@ def recorded_utterances(rng: np.random.Generator, n: int, dbs: Sequence[str] | N
     out = []
     for j in rng.integers(len(pool), size=n):
         rec = load_recording(*pool[int(j)])
-        to_visemes = partial(festival_to_visemes, lang=rec.lang)
-        out.append(_utt_from_phones(rec.audio, rec.phones, to_visemes, rec.lang, rec.db, "recorded", rec.text))
+        out.append(Utt(rec.audio, viseme_segments(rec), rec.lang, rec.db, "recorded", rec.text))
     return out
 
 

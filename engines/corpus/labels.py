@@ -110,3 +110,11 @@ def attach_closures(
                 out[m] = Segment(out[m].viseme, start, start)
             out[k] = Segment(seg.viseme, start, seg.end)
     return out
+
+
+def aligned_segments(
+    phones: Sequence[tuple[str, int, int]], audio: NDArray[np.float32], mapper: Callable[[str], tuple[str, ...]]
+) -> list[Segment]:
+    """Phones with sample times over ``audio`` -> the corpus' viseme segments: mapped through
+    ``mapper`` (:func:`phones_to_segments`), stop closures attached (:func:`attach_closures`)."""
+    return attach_closures(phones_to_segments(phones, mapper), audio)

@@ -19,7 +19,7 @@ Debian's Asterisk telephone prompts (US English, one woman), phones in lower-cas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from math import gcd
 from pathlib import Path
 
@@ -28,6 +28,8 @@ import soundfile as sf
 from numpy.typing import NDArray
 from scipy.signal import resample_poly
 
+from engines.corpus.labels import Segment, aligned_segments
+from engines.phonemes import festival_to_visemes
 from engines.spec import SAMPLE_RATE
 
 RECORDED_ROOT = Path(__file__).resolve().parents[2] / "data" / "recorded"  # databases made by forced alignment
@@ -136,6 +138,11 @@ def load_recording(db: str, name: str) -> Recording:
     if not phones:
         raise LabelError(f"{folder / 'lab' / name}.lab: every phone lies past the audio's {n} samples")
     return Recording(name, db, lang, np.ascontiguousarray(x, np.float32), phones, _prompts(folder).get(name, ""))
+
+
+def viseme_segments(rec: Recording) -> list[Segment]:
+    """``rec``'s phones as viseme segments (its phone set via festival_to_visemes, closures attached)."""
+    return aligned_segments(rec.phones, rec.audio, partial(festival_to_visemes, lang=rec.lang))
 
 
 HOLDOUT_EVERY = 20  # every 20th prompt (sorted by name, from the first) never trains: a check on unseen prompts

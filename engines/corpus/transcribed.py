@@ -34,6 +34,7 @@ import soundfile as sf
 from numpy.typing import NDArray
 
 from engines.corpus.recorded import RECORDED_ROOT
+from engines.realdata import SILENT_PHONES, pocketsphinx_align
 from engines.spec import SAMPLE_RATE
 
 
@@ -137,7 +138,7 @@ def lab_lines(phones: Sequence[tuple[str, int, int]], rate: int = SAMPLE_RATE) -
     for name, start, end in phones:
         if start > prev:
             out.append(f"{start / rate:.5f} 125 pau")
-        label = "pau" if name.upper() in ("SIL", "+SPN+", "+NSN+", "<SIL>") or name.startswith("+") else name.lower()
+        label = "pau" if name.upper() in SILENT_PHONES else name.lower()
         out.append(f"{end / rate:.5f} 125 {label}")
         prev = end
     return out
@@ -174,7 +175,7 @@ def speech_contrast_db(audio: NDArray[np.float32], phones: Sequence[tuple[str, i
     for name, start, end in phones:
         seg = audio[start:end].astype(np.float64)
         if seg.size:
-            (pause if name.upper() in ("SIL", "+SPN+", "+NSN+") else speech).append(seg)
+            (pause if name.upper() in SILENT_PHONES else speech).append(seg)
     if not speech:
         return float("-inf")
     p_speech = float(np.mean(np.concatenate(speech) ** 2)) + 1e-12
@@ -190,8 +191,6 @@ def prepare(source: TranscribedSource, out: Path, limit: int | None = None, log:
     Existing wav+lab pairs are kept (an interrupted run resumes). ``limit`` stops after that many
     prompts (tests). Raises FileNotFoundError naming the Debian packages when the source is absent.
     """
-    from engines.realdata import pocketsphinx_align  # train extra (pocketsphinx)
-
     if not source.transcript.is_file() or not source.audio_dir.is_dir():
         raise FileNotFoundError(
             f"{source.name}: {source.transcript} or {source.audio_dir} missing; "
