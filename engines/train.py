@@ -243,6 +243,19 @@ def real_eval_sets() -> dict[str, RealSet]:
     return out
 
 
+def parse_exclude(spec: str) -> tuple[str, str]:
+    """'SOURCE:LANG' -> (source, language prefix); a bad spec raises ValueError naming it."""
+    source, sep, lang = spec.partition(":")
+    if not sep or not source:
+        raise ValueError(f"--exclude wants SOURCE:LANG (e.g. espeak:en or espeak:), got {spec!r}")
+    return source, lang
+
+
+def excluded(source: str, lang: str, rules: list[tuple[str, str]]) -> bool:
+    """Whether an utterance of ``source`` in ``lang`` matches any (source, language prefix) rule."""
+    return any(source == s and lang.startswith(p) for s, p in rules)
+
+
 def selection_score(s: dict[str, float]) -> float:
     """The synthetic-val number that picks the best checkpoint."""
     return 0.5 * (s["rhubarb_strict"] + s["rhubarb_tolerant"])
@@ -253,6 +266,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--corpus", nargs="+", default=["data/corpus"],
                     help="folder(s) with train/ (and val/) shards; several are concatenated")
     ap.add_argument("--val", default="", help="val shard folder (default: the first CORPUS/val)")
+    ap.add_argument("--exclude", action="append", default=[], metavar="SOURCE:LANG",
+                    help="leave out training utterances of this source (espeak, festival, recorded, ...) whose "
+                         "language starts with LANG ('' for any language); repeatable, e.g. --exclude espeak:en")
     ap.add_argument("--out", required=True, help="run folder (created)")
     ap.add_argument("--lookahead-ms", type=int, default=40, help="lookahead, multiple of 10 ms")
     ap.add_argument("--minutes", type=float, default=45.0, help="wall-clock training budget")
@@ -290,6 +306,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--lookahead-ms must be a non-negative multiple of 10, got {args.lookahead_ms}")
     if args.minutes <= 0 and args.steps <= 0:
         ap.error("give --minutes > 0 or --steps > 0")
+    for spec in args.exclude:
+        try:
+            parse_exclude(spec)
+        except ValueError as e:
+            ap.error(str(e))
     return args
 
 
@@ -323,7 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     from engines.corpus.dataset import load_corpus
 
     t0 = time.monotonic()
-    train = Corpus([u for c in args.corpus for u in load_corpus(Path(c) / "train")])
+    utts = [u for c in args.corpus for u in load_corpus(Path(c) / "train")]
+    rules = [parse_exclude(e) for e in args.exclude]
+    if rules:
+        kept = [u for u in utts if not excluded(u.source, u.lang, rules)]
+        hops_all, hops_kept = sum(u.labels.size for u in utts), sum(u.labels.size for u in kept)
+        log.info("--exclude %s: left out %d of %d utterances (%.1f of %.1f min)", args.exclude,
+                 len(utts) - len(kept), len(utts), (hops_all - hops_kept) / 6000, hops_all / 6000)
+        if not kept:
+            raise SystemExit(f"--exclude {args.exclude} leaves no training utterances")
+        utts = kept
+    train = Corpus(utts)
     val_dirs = [Path(args.val)] if args.val else [Path(c) / "val" for c in args.corpus if (Path(c) / "val").is_dir()][:1]
     val = Corpus(load_corpus(val_dirs[0])) if val_dirs else None
     if args.clean_bias > 0:

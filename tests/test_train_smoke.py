@@ -73,3 +73,27 @@ def test_bad_lookahead_is_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit):
         main(["--corpus", str(tmp_path), "--out", str(tmp_path / "x"), "--lookahead-ms", "45"])
+
+
+def test_exclude_rules() -> None:
+    from engines.train import excluded, parse_exclude
+
+    rules = [parse_exclude("espeak:en"), parse_exclude("festival:")]
+    assert rules == [("espeak", "en"), ("festival", "")]
+    assert excluded("espeak", "en-gb", rules)
+    assert not excluded("espeak", "de", rules)
+    assert excluded("festival", "it", rules)
+    assert not excluded("recorded", "en-us", rules)
+    for bad in ("espeak", ":en", ""):
+        with pytest.raises(ValueError, match="SOURCE:LANG"):
+            parse_exclude(bad)
+
+
+def test_exclude_is_checked_and_applied(tmp_path: Path) -> None:
+    from engines.train import main
+
+    corpus = write_corpus(tmp_path / "corpus")
+    with pytest.raises(SystemExit):  # malformed spec: an argparse error
+        main(["--corpus", str(corpus), "--out", str(tmp_path / "x"), "--exclude", "test", *ARGS])
+    with pytest.raises(SystemExit, match="leaves no training utterances"):  # the fixture is all test/en
+        main(["--corpus", str(corpus), "--out", str(tmp_path / "y"), "--exclude", "test:en", *ARGS])
