@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 from engines import evaluate  # noqa: E402
 from engines.onnx_predictor import load_viseme_model  # noqa: E402
 from engines.phonemes import RHUBARB_SHAPES, rhubarb_decide  # noqa: E402
+from engines.spec import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
 
 PACKAGE = "rhubarb-lip-sync-wasm@0.1.8"
 PREFIX = ROOT / "bench" / ".rhubarb"
@@ -108,6 +109,33 @@ def best_shift(preds: dict[str, np.ndarray], items: list[Any]) -> tuple[int, flo
     return best[0], round(best[1], 4)
 
 
+def run_product(items: list[evaluate.LabelledAudio], model: str, work: Path) -> dict[str, np.ndarray]:
+    """What ``avatar visemes --format rhubarb-json`` writes for each item, as (T,) shapes per hop.
+
+    The whole product chain (resampling from 48 kHz frames, VAD gate, model, the 3-hop majority
+    filter of the cue writer) on each item's streamed audio (lead included, its hops dropped).
+    """
+    import asyncio
+
+    import soundfile as sf
+
+    from server.config import load_config
+    from server.offline import format_visemes, run_offline
+    from server.pipeline.runner import load_models
+
+    cfg = load_config(None, overrides={"visemes": {"model": model, "engine": "onnxruntime"}})
+    models = load_models(cfg)
+    out = {}
+    for it in items:
+        audio, skip = it.streamed()
+        wav = work / f"{it.name}.wav"
+        sf.write(str(wav), audio, SAMPLE_RATE, subtype="FLOAT")
+        result = asyncio.run(run_offline(wav, cfg, models))
+        cues = json.loads(format_visemes(result, "rhubarb-json", wav.name))["mouthCues"]
+        out[it.name] = evaluate.cues_to_shapes(cues, audio.shape[0] // HOP_LENGTH)[skip:]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default", help="viseme model to compare (default, energy, path)")
@@ -140,11 +168,16 @@ def main() -> int:
             p[it.name] = rhubarb_decide(evaluate.stream_audio(model, audio)[skip:])
         preds[key] = p
         rows[key] = {**score(p, sets[set_name]), "best_shift": best_shift(p, sets[set_name])}
+    with tempfile.TemporaryDirectory(prefix="product-") as tmp:
+        for key, set_name in (("product_cold", "real_aligned_all"), ("product_live", "real_aligned_all_live")):
+            p = run_product(sets[set_name], args.model, Path(tmp))
+            rows[key] = {**score(p, sets[set_name]), "best_shift": best_shift(p, sets[set_name])}
     print(f"real_aligned_all ({rows['rhubarb']['frames']} hops of 10 real utterances), Rhubarb shapes:")
     print(f"{'':22s} {'strict':>7s} {'±40 ms':>7s}  best shift (hops, strict)")
     names = {"rhubarb": "Rhubarb (no text)", "rhubarb_earlier_wins": "  earlier cue wins",
              "rhubarb_with_text": "Rhubarb (dialog text)", "rhubarb_with_text_earlier_wins": "  earlier cue wins",
-             "model_cold": f"model {args.model} (file)", "model_live": f"model {args.model} (live)"}
+             "model_cold": f"model {args.model} (file)", "model_live": f"model {args.model} (live)",
+             "product_cold": "avatar visemes (file)", "product_live": "avatar visemes (live)"}
     for key, label in names.items():
         r = rows[key]
         print(f"{label:22s} {r['rhubarb_strict']:7.3f} {r['rhubarb_tolerant']:7.3f}  {r['best_shift']}")
