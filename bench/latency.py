@@ -60,8 +60,9 @@ def speech_wav(out: Path, seconds: float) -> Path:
     Falls back to espeak-ng when the shared recordings are absent. Written to ``out`` (a temp
     file: the recordings are never copied into the repository).
     """
-    import av
     import soundfile as sf
+
+    from engines.audio import decode_audio
 
     files = sorted(DEV_SPEECH.glob("*.wav"))
     parts: list[np.ndarray] = []
@@ -83,10 +84,7 @@ def speech_wav(out: Path, seconds: float) -> Path:
             raise SystemExit(f"no speech: {DEV_SPEECH} is missing and espeak-ng is not installed")
         tmp = out.with_suffix(".espeak.wav")
         subprocess.run([exe, "-v", "en-us", "-w", str(tmp), ESPEAK_TEXT], check=True)
-        with av.open(str(tmp)) as c:
-            rs = av.AudioResampler(format="flt", layout="mono", rate=16000)
-            for fr in c.decode(audio=0):
-                parts += [o.to_ndarray().reshape(-1) for o in rs.resample(fr)]
+        parts.append(decode_audio(tmp))
         tmp.unlink()
     audio = np.concatenate(parts)[: int(seconds * 16000)]
     sf.write(str(out), audio, 16000, subtype="PCM_16")

@@ -65,18 +65,7 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("speech")
     a = espeak_wav(d / "a.wav", "Hello there, how are you today?")
     b = espeak_wav(d / "b.wav", "Watch the mouth open and close.")
-    import av
-
-    def load(p: Path) -> np.ndarray:
-        with av.open(str(p)) as c:
-            rs = av.AudioResampler(format="flt", layout="mono", rate=16000)
-            chunks = []
-            for fr in c.decode(audio=0):
-                for o in rs.resample(fr):
-                    chunks.append(o.to_ndarray().reshape(-1))
-            for o in rs.resample(None):
-                chunks.append(o.to_ndarray().reshape(-1))
-        return np.concatenate(chunks).astype(np.float32)
+    from engines.audio import decode_audio as load
 
     sil = lambda s: np.zeros(int(16000 * s), np.float32)  # noqa: E731
     audio = np.concatenate([sil(0.6), load(a), sil(1.0), load(b), sil(0.8)])

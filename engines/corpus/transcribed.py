@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import av
 import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
+from engines.audio import decode_audio
 from engines.corpus.recorded import RECORDED_ROOT
 from engines.realdata import SILENT_PHONES, pocketsphinx_align
 from engines.spec import SAMPLE_RATE
@@ -108,23 +108,6 @@ def normalize_text(text: str, vocab: frozenset[str]) -> str | None:
     if not words or any(w not in vocab for w in words):
         return None
     return " ".join(words)
-
-
-def decode_audio(path: Path, fmt: str | None = None) -> NDArray[np.float32]:
-    """Any audio file PyAV reads (``fmt``: container format for raw codecs) -> (n,) float32 16 kHz mono."""
-    chunks = []
-    with av.open(str(path), format=fmt) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        for frame in container.decode(audio=0):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    if not chunks:
-        raise ValueError(f"{path}: no audio samples")
-    return np.ascontiguousarray(np.concatenate(chunks), np.float32)
 
 
 def lab_lines(phones: Sequence[tuple[str, int, int]], rate: int = SAMPLE_RATE) -> list[str]:
