@@ -7,7 +7,10 @@ Architecture (all causal; output row ``t`` is the prediction for input hop ``t -
    count: the state carries a validity channel); ``norm="peak"`` subtracts the running maximum
    of the frame energy (log of the summed mel power). A gain change (a constant added to every
    log-mel) cancels either way. (Measured: "peak" trained worse on both synthetic and real
-   speech in 6-minute runs.)
+   speech in 6-minute runs.) ``norm="meanvar"`` also scales each mel by
+   ``sqrt(var_prior / v)``, ``v`` its variance over the same window shrunk towards
+   ``var_prior`` with ``var_prior_hops`` pseudo-hops (so a fresh stream, or a quiet room,
+   is not blown up to speech level); no extra state.
 2. Two causal 1-D convolutions (kernel ``kernel``) with ReLU: local spectral dynamics.
 3. A GRU (``gru_layers`` x ``hidden``): long context (co-articulation, speaking rate).
 4. A linear layer to the 15 viseme logits; softmax for ``probs``.
@@ -41,7 +44,7 @@ class ModelConfig:
     n_mels: int = N_MELS
     n_classes: int = N_VISEMES
     lookahead_hops: int = 4  # output row t predicts hop t - lookahead_hops
-    norm: str = "mean"  # "mean": per-mel running mean; "peak": subtract the running max frame energy
+    norm: str = "mean"  # "mean": per-mel running mean; "meanvar": and variance; "peak": subtract the running max frame energy
     norm_window: int = 100  # hops of the running normalisation window (1 s)
     kernel: int = 5  # causal conv kernel, hops
     channels: int = 128  # conv channels
@@ -51,6 +54,8 @@ class ModelConfig:
     dropout: float = 0.1
     input_scale: float = 0.2  # normalised log-mel (nats) is multiplied by this
     cepstra: int = 0  # >0: keep only this many DCT-II coefficients of the normalised log-mel
+    var_prior: float = 5.0  # nats^2: "meanvar" target variance (median per-mel variance of 1 s of training speech)
+    var_prior_hops: int = 30  # "meanvar": pseudo-hops of var_prior mixed into each window's variance
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -65,8 +70,11 @@ class ModelConfig:
                 if v < 0:
                     raise ValueError(f"lookahead_hops must be >= 0, got {v}")
             elif f.name == "norm":
-                if v not in ("peak", "mean"):
-                    raise ValueError(f"norm must be 'peak' or 'mean', got {v!r}")
+                if v not in ("peak", "mean", "meanvar"):
+                    raise ValueError(f"norm must be 'peak', 'mean' or 'meanvar', got {v!r}")
+            elif f.name == "var_prior":
+                if v <= 0:
+                    raise ValueError(f"var_prior must be > 0 nats^2, got {v}")
             elif f.name == "cepstra":
                 if not 0 <= v <= self.n_mels:
                     raise ValueError(f"cepstra must be in [0, n_mels], got {v}")
@@ -112,7 +120,7 @@ class VisemeNet(nn.Module):
         self.gru = nn.GRU(c, cfg.hidden, cfg.gru_layers, batch_first=True)
         self.head = nn.Linear(cfg.hidden, cfg.n_classes)
         # Fixed box filter for the running mean: one kernel per channel (n_mels + validity).
-        if cfg.norm == "mean":
+        if cfg.norm in ("mean", "meanvar"):
             self.register_buffer("norm_kernel", torch.ones(m + 1, 1, cfg.norm_window), persistent=False)
         if cfg.cepstra:
             # Orthonormal DCT-II rows 0..cepstra-1 as a fixed 1x1 conv: the spectral envelope only
@@ -124,7 +132,7 @@ class VisemeNet(nn.Module):
             self.register_buffer("dct", dct.float()[:, :, None], persistent=False)
         # State layout: (name, channels, length) blocks, flattened channel-major, in this order.
         self._blocks: list[tuple[str, int, int]] = [
-            ("norm", m + 1 if cfg.norm == "mean" else 1, cfg.norm_window - 1),
+            ("norm", 1 if cfg.norm == "peak" else m + 1, cfg.norm_window - 1),
             ("conv1", cfg.cepstra or m, k - 1),
             *([("conv2", c, k - 1)] if cfg.conv_layers >= 2 else []),
             ("gru", cfg.gru_layers, cfg.hidden),
@@ -155,25 +163,37 @@ class VisemeNet(nn.Module):
         full = torch.cat([buf, x], dim=2)
         return full, full[:, :, -hist:]
 
-    def logits(self, features: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T, n_mels) log-mel, (B, S) state -> (B, T, n_classes) logits, (B, S) state."""
-        bufs = self._split(state)
-        norm_buf, c1_buf, h0 = bufs[0], bufs[1], bufs[-1]
-        x = features.transpose(1, 2)  # (B, M, T)
-        if self.cfg.norm == "mean":
+    def normalise(self, x: Tensor, norm_buf: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, M, T) log-mel, (B, C, window - 1) history -> scaled normalised input (B, M, T), next history."""
+        scale: Tensor | float = self.cfg.input_scale
+        if self.cfg.norm in ("mean", "meanvar"):
             valid = torch.ones_like(x[:, :1, :])
             full, norm_next = self._causal(
                 norm_buf, torch.cat([x, valid], dim=1), self.cfg.norm_window - 1
             )
             kernel: Tensor = self.norm_kernel  # type: ignore[assignment]
             sums = F.conv1d(full, kernel, groups=self.cfg.n_mels + 1)  # (B, M+1, T)
-            ref = sums[:, :-1, :] / torch.clamp(sums[:, -1:, :], min=1.0)
+            n = torch.clamp(sums[:, -1:, :], min=1.0)  # (B, 1, T) this stream's hops in the window
+            ref = sums[:, :-1, :] / n
+            if self.cfg.norm == "meanvar":
+                m = self.cfg.n_mels
+                sq = F.conv1d(full[:, :-1, :] ** 2, kernel[:-1], groups=m)  # (B, M, T)
+                var = torch.clamp(sq / n - ref**2, min=0.0)
+                k, v0 = float(self.cfg.var_prior_hops), self.cfg.var_prior
+                shrunk = (n * var + k * v0) / (n + k)
+                scale = self.cfg.input_scale * torch.rsqrt(shrunk / v0)
         else:
             # Frame energy (nats) + PEAK_OFFSET > 0, so the zeros of a fresh state never win the max.
             energy = torch.logsumexp(x, dim=1, keepdim=True) + PEAK_OFFSET  # (B, 1, T)
             full, norm_next = self._causal(norm_buf, energy, self.cfg.norm_window - 1)
             ref = F.max_pool1d(full, self.cfg.norm_window, stride=1) - PEAK_OFFSET  # (B, 1, T)
-        xn = (x - ref) * self.cfg.input_scale
+        return (x - ref) * scale, norm_next
+
+    def logits(self, features: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, n_mels) log-mel, (B, S) state -> (B, T, n_classes) logits, (B, S) state."""
+        bufs = self._split(state)
+        norm_buf, c1_buf, h0 = bufs[0], bufs[1], bufs[-1]
+        xn, norm_next = self.normalise(features.transpose(1, 2), norm_buf)
         if self.cfg.cepstra:
             dct: Tensor = self.dct  # type: ignore[assignment]
             xn = F.conv1d(xn, dct)

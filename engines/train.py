@@ -299,7 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gru-layers", type=int, default=ModelConfig.gru_layers)
     ap.add_argument("--norm-window", type=int, default=ModelConfig.norm_window)
     ap.add_argument("--dropout", type=float, default=ModelConfig.dropout)
-    ap.add_argument("--norm", default=ModelConfig.norm, choices=("peak", "mean"))
+    ap.add_argument("--norm", default=ModelConfig.norm, choices=("peak", "mean", "meanvar"))
     ap.add_argument("--cepstra", type=int, default=ModelConfig.cepstra, help="0: log-mel input; K: first K DCT coefficients")
     args = ap.parse_args(argv)
     if args.lookahead_ms % 10 != 0 or args.lookahead_ms < 0:

@@ -30,10 +30,14 @@ def test_shapes_and_probabilities() -> None:
     assert count_parameters(m) <= 1_000_000
 
 
+NORMS = ["mean", "meanvar", "peak"]
+
+
+@pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("la", [0, 4])
-def test_output_at_t_ignores_inputs_after_t(la: int) -> None:
+def test_output_at_t_ignores_inputs_after_t(la: int, norm: str) -> None:
     """Row t depends on hops <= t only; so the prediction for hop h uses hops <= h + L."""
-    m = _model(lookahead_hops=la)
+    m = _model(lookahead_hops=la, norm=norm)
     x = _feats(1, 60)
     p, _ = m(x, m.zero_state(1))
     for t in (0, 10, 30):
@@ -44,8 +48,9 @@ def test_output_at_t_ignores_inputs_after_t(la: int) -> None:
         assert not torch.allclose(p[:, t + 1 :], q[:, t + 1 :], atol=1e-4)  # later rows do change
 
 
-def test_streaming_equals_whole_sequence() -> None:
-    m = _model(lookahead_hops=3)
+@pytest.mark.parametrize("norm", NORMS)
+def test_streaming_equals_whole_sequence(norm: str) -> None:
+    m = _model(lookahead_hops=3, norm=norm)
     x = _feats(3, 173, seed=1)
     whole, s_whole = m(x, m.zero_state(3))
     state, rows, a = m.zero_state(3), [], 0
@@ -58,9 +63,10 @@ def test_streaming_equals_whole_sequence() -> None:
     assert torch.allclose(state, s_whole, atol=1e-5)
 
 
-def test_states_batch_across_streams() -> None:
+@pytest.mark.parametrize("norm", NORMS)
+def test_states_batch_across_streams(norm: str) -> None:
     """Two streams at different points in time, stacked in one call == separate calls."""
-    m = _model()
+    m = _model(norm=norm)
     a, b = _feats(1, 50, seed=2), _feats(1, 80, seed=3)
     _, sa = m(a[:, :30], m.zero_state(1))
     _, sb = m(b[:, :70], m.zero_state(1))
@@ -71,13 +77,39 @@ def test_states_batch_across_streams() -> None:
     assert torch.allclose(nab, torch.cat([na, nb]), atol=1e-6)
 
 
-def test_gain_invariance() -> None:
+@pytest.mark.parametrize("norm", NORMS)
+def test_gain_invariance(norm: str) -> None:
     """A constant added to every log-mel (a gain change) does not change the output."""
-    m = _model()
+    m = _model(norm=norm)
     x = _feats(1, 90, seed=4)
     p, _ = m(x, m.zero_state(1))
     q, _ = m(x + 2.5, m.zero_state(1))
     assert torch.allclose(p, q, atol=1e-4)
+
+
+def test_meanvar_scales_by_the_window_variance() -> None:
+    """"meanvar" divides each mel's deviation by its (shrunk) spread over the window: twice the
+    spread gives nearly the same input once the window is full, where "mean" doubles it; a
+    fresh stream's first hops stay near "mean"'s scale (the prior dominates)."""
+    def norm_input(norm: str, x: torch.Tensor) -> torch.Tensor:
+        m = _model(norm=norm, var_prior_hops=5)
+        bufs = m._split(m.zero_state(1))
+        return m.normalise(x.transpose(1, 2), bufs[0])[0]
+
+    x = _feats(1, 200, seed=5)  # per-mel std 3 nats
+    mean = x.mean(dim=1, keepdim=True)
+    wide = mean + 2.0 * (x - mean)
+    a, b = norm_input("meanvar", x), norm_input("meanvar", wide)
+    late = slice(120, None)
+    assert torch.allclose(b[..., late], a[..., late], rtol=0.1, atol=0.05)
+    am, bm = norm_input("mean", x), norm_input("mean", wide)
+    assert torch.allclose(bm[..., late], 2.0 * am[..., late], atol=1e-3)
+    # unit-ish spread after a full window: var_prior 5 nats^2 maps to input_scale * deviation
+    assert 0.8 < float(a[..., late].std() / (0.2 * (x - mean).std() * (5.0 / 9.0) ** 0.5)) < 1.25
+    with pytest.raises(ValueError, match="var_prior must be > 0"):
+        ModelConfig(var_prior=0.0)
+    with pytest.raises(ValueError, match="'meanvar'"):
+        ModelConfig(norm="rms")
 
 
 def test_checkpoint_roundtrip(tmp_path) -> None:  # type: ignore[no-untyped-def]
