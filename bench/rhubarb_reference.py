@@ -30,7 +30,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -42,6 +42,10 @@ from engines import evaluate  # noqa: E402
 from engines.onnx_predictor import load_viseme_model  # noqa: E402
 from engines.phonemes import RHUBARB_SHAPES, rhubarb_decide  # noqa: E402
 from engines.spec import HOP_LENGTH, SAMPLE_RATE  # noqa: E402
+
+if TYPE_CHECKING:
+    from server.config import AppConfig
+    from server.pipeline.runner import SharedModels
 
 PACKAGE = "rhubarb-lip-sync-wasm@0.1.8"
 PREFIX = ROOT / "bench" / ".rhubarb"
@@ -109,22 +113,28 @@ def best_shift(preds: dict[str, np.ndarray], items: list[Any]) -> tuple[int, flo
     return best[0], round(best[1], 4)
 
 
-def run_product(items: list[evaluate.LabelledAudio], model: str, work: Path) -> dict[str, np.ndarray]:
+def product_models(model: str) -> tuple[AppConfig, SharedModels]:
+    """(config, shared models) of the product with viseme ``model`` on onnxruntime, loaded once."""
+    from server.config import load_config
+    from server.pipeline.runner import load_models
+
+    cfg = load_config(None, overrides={"visemes": {"model": model, "engine": "onnxruntime"}})
+    return cfg, load_models(cfg)
+
+
+def run_product(items: list[evaluate.LabelledAudio], cfg: AppConfig, models: SharedModels, work: Path) -> dict[str, np.ndarray]:
     """What ``avatar visemes --format rhubarb-json`` writes for each item, as (T,) shapes per hop.
 
     The whole product chain (resampling from 48 kHz frames, VAD gate, model, the 3-hop majority
-    filter of the cue writer) on each item's streamed audio (lead included, its hops dropped).
+    filter of the cue writer) on each item's streamed audio (lead included, its hops dropped);
+    ``cfg, models`` from :func:`product_models`.
     """
     import asyncio
 
     import soundfile as sf
 
-    from server.config import load_config
     from server.offline import format_visemes, run_offline
-    from server.pipeline.runner import load_models
 
-    cfg = load_config(None, overrides={"visemes": {"model": model, "engine": "onnxruntime"}})
-    models = load_models(cfg)
     out = {}
     for it in items:
         audio, skip = it.streamed()
@@ -168,9 +178,10 @@ def main() -> int:
             p[it.name] = rhubarb_decide(evaluate.stream_audio(model, audio)[skip:])
         preds[key] = p
         rows[key] = {**score(p, sets[set_name]), "best_shift": best_shift(p, sets[set_name])}
+    cfg, models = product_models(args.model)
     with tempfile.TemporaryDirectory(prefix="product-") as tmp:
         for key, set_name in (("product_cold", "real_aligned_all"), ("product_live", "real_aligned_all_live")):
-            p = run_product(sets[set_name], args.model, Path(tmp))
+            p = run_product(sets[set_name], cfg, models, Path(tmp))
             rows[key] = {**score(p, sets[set_name]), "best_shift": best_shift(p, sets[set_name])}
     print(f"real_aligned_all ({rows['rhubarb']['frames']} hops of 10 real utterances), Rhubarb shapes:")
     print(f"{'':22s} {'strict':>7s} {'±40 ms':>7s}  best shift (hops, strict)")

@@ -306,11 +306,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--lookahead-ms must be a non-negative multiple of 10, got {args.lookahead_ms}")
     if args.minutes <= 0 and args.steps <= 0:
         ap.error("give --minutes > 0 or --steps > 0")
-    for spec in args.exclude:
-        try:
-            parse_exclude(spec)
-        except ValueError as e:
-            ap.error(str(e))
+    try:
+        args.exclude_rules = [parse_exclude(spec) for spec in args.exclude]
+    except ValueError as e:
+        ap.error(str(e))
     return args
 
 
@@ -345,9 +344,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     utts = [u for c in args.corpus for u in load_corpus(Path(c) / "train")]
-    rules = [parse_exclude(e) for e in args.exclude]
-    if rules:
-        kept = [u for u in utts if not excluded(u.source, u.lang, rules)]
+    if args.exclude_rules:
+        kept = [u for u in utts if not excluded(u.source, u.lang, args.exclude_rules)]
         hops_all, hops_kept = sum(u.labels.size for u in utts), sum(u.labels.size for u in kept)
         log.info("--exclude %s: left out %d of %d utterances (%.1f of %.1f min)", args.exclude,
                  len(utts) - len(kept), len(utts), (hops_all - hops_kept) / 6000, hops_all / 6000)

@@ -89,8 +89,8 @@ def test_gain_invariance(norm: str) -> None:
 
 def test_meanvar_scales_by_the_window_variance() -> None:
     """"meanvar" divides each mel's deviation by its (shrunk) spread over the window: twice the
-    spread gives nearly the same input once the window is full, where "mean" doubles it; a
-    fresh stream's first hops stay near "mean"'s scale (the prior dominates)."""
+    spread gives nearly the same input once the window is full, where "mean" doubles it, and the
+    result has about the spread "mean" gives speech of var_prior."""
     def norm_input(norm: str, x: torch.Tensor) -> torch.Tensor:
         m = _model(norm=norm, var_prior_hops=5)
         bufs = m._split(m.zero_state(1))

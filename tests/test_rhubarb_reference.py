@@ -40,6 +40,6 @@ def test_model_beats_rhubarb_on_real_speech() -> None:
     # what a user gets from `avatar visemes --format rhubarb-json` (VAD gate, cue writer) as well
     cold = [evaluate.LabelledAudio(it.name, it.audio, it.labels) for it in items]
     with tempfile.TemporaryDirectory(prefix="product-test-") as tmp:
-        product = rr.score(rr.run_product(cold, "default", Path(tmp)), items)
+        product = rr.score(rr.run_product(cold, *rr.product_models("default"), Path(tmp)), items)
     assert product["rhubarb_strict"] > ref["rhubarb_strict"] + 0.03, (product, ref)
     assert product["rhubarb_tolerant"] > ref["rhubarb_tolerant"], (product, ref)
