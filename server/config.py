@@ -42,13 +42,18 @@ class ServerConfig:
     max_message_bytes: int = 262_144  # bytes, largest accepted signaling message
     stats_interval_s: float = 1.0  # s between `stats` events to each client
     ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
-    workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = one per core
+    workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = two per core
 
     def worker_count(self) -> int:
-        """Resolved number of session worker processes (0: sessions run in the server process)."""
+        """Resolved number of session worker processes (0: sessions run in the server process).
+
+        ``auto``: two per core (a core carries about two sessions, and sessions sharing a
+        process contend for its GIL: render and encode waits grow, ticks get skipped), at most
+        ``max_sessions``; 0 on a single core.
+        """
         if self.workers == "auto":
             cores = os.cpu_count() or 1
-            return cores if cores > 1 else 0
+            return min(2 * cores, self.max_sessions) if cores > 1 else 0
         return int(self.workers)
 
     def __post_init__(self) -> None:
