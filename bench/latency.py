@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from server.client import ClientError, ClientStats, run_client  # noqa: E402
+from server.config import load_config  # noqa: E402
 from tests.server_proc import ServerProcess, get_json, model_args, proc_cpu_s, wait_sessions  # noqa: E402
 
 HOST = "198.18.0.1"
@@ -119,8 +120,9 @@ async def poll_stats(base: str, out: list[dict[str, Any]], stop: asyncio.Event) 
             pass
 
 
-async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool) -> dict[str, Any]:
-    """N concurrent calls; returns per-session stats and CPU numbers."""
+async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool, full_size: str) -> dict[str, Any]:
+    """N concurrent calls; returns per-session stats and CPU numbers. ``full_size`` ("WxH"): the
+    configured video size, against which frames sent smaller under overload are counted."""
     base = srv.url
     if await wait_sessions(base, 0, timeout_s=15.0) != 0:
         raise RuntimeError("sessions from the previous round are still open")
@@ -154,6 +156,9 @@ async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool) 
         "fps_mean": statistics.mean([r.fps_mean for r in ok if r.fps_mean is not None] or [0.0]),
         "fps_min_session": _min([r.fps_mean for r in ok]),  # the slowest session's mean fps
         "fps_min_1s": _min([r.fps_min_1s for r in ok]),
+        # the lowest share of a session's frames received at the configured size (the rest were
+        # rendered smaller while the server was overloaded: video.adapt)
+        "full_size_share": _min([r.frame_sizes.get(full_size, 0) / r.frames_received for r in ok if r.frames_received]),
         "first_frame_s": _max([r.first_frame_after_audio_s for r in ok]),
         "connect_s": _max([r.connect_s for r in ok]),
         "offer_to_first_frame_s": _max([r.offer_to_first_frame_s for r in ok]),
@@ -176,7 +181,7 @@ def print_table(rounds: list[dict[str, Any]], machine: str, client_nice: int) ->
     print(f"\nmachine: {machine}; clients at nice +{client_nice}")
     head = (
         "  N | lat p50 ms | lat p95 ms | fps mean | slowest | fps min 1s | first frame s | offer->frame s | "
-        "mouth lag s | srv CPU/sess | cli CPU/sess | skipped | load | failed"
+        "mouth lag s | full size | srv CPU/sess | cli CPU/sess | skipped | load | failed"
     )
     print(head)
     print("-" * len(head))
@@ -185,7 +190,8 @@ def print_table(rounds: list[dict[str, Any]], machine: str, client_nice: int) ->
             f"{r['n']:>3} | {fmt(r['latency_ms_p50'], '10.1f')} | {fmt(r['latency_ms_p95'], '10.1f')} | "
             f"{fmt(r['fps_mean'], '8.1f')} | {fmt(r['fps_min_session'], '7.1f')} | {fmt(r['fps_min_1s'], '10.1f')} | {fmt(r['first_frame_s'], '13.2f')} | "
             f"{fmt(r['offer_to_first_frame_s'], '14.2f')} | "
-            f"{fmt(r['mouth_lag_s'], '11.2f'):>11} | {r['server_cpu_per_session'] * 100:10.0f} % | "
+            f"{fmt(r['mouth_lag_s'], '11.2f'):>11} | {fmt(_pct(r.get('full_size_share')), '7.0f')} % | "
+            f"{r['server_cpu_per_session'] * 100:10.0f} % | "
             f"{r['client_cpu_per_session'] * 100:10.0f} % | {r['skipped_ticks']:7d} | {r['loadavg_1m']:4.1f} | "
             f"{len(r['failed'])}"
         )
@@ -193,9 +199,14 @@ def print_table(rounds: list[dict[str, Any]], machine: str, client_nice: int) ->
         "lat: server-reported audio-in -> frame-out (p50: median over sessions, p95: worst session); "
         "fps mean: over sessions; slowest: the lowest session's mean fps; fps min 1s: worst 1 s window of any session; first frame: worst session, after its first audio sample; "
         "offer->frame: worst session, offer sent to first video frame; "
+        "full size: the lowest share of a session's frames at the configured size (the rest rendered smaller under overload); "
         "CPU: % of one core per session; skipped: most render ticks one session's server track skipped; "
         "load: the machine's 1-min load average (other work included)"
     )
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
 
 
 def machine_desc() -> str:
@@ -222,11 +233,13 @@ async def run_rounds(args: argparse.Namespace, d: Path, wav: Path) -> list[dict[
         # the server (already started) keeps its priority; the callers, which in real use run on
         # their own machines, only get the CPU the server leaves over
         os.nice(args.client_nice)
+    video = load_config(args.config).video
+    full_size = f"{video.width}x{video.height}"
     rounds = []
     try:
         for n in [int(x) for x in args.counts.split(",") if x.strip()]:
             print(f"round: {n} concurrent session(s) ...", flush=True)
-            r = await run_round(srv, wav, n, args.measure_mouth)
+            r = await run_round(srv, wav, n, args.measure_mouth, full_size)
             rounds.append(r)
             for f in r["failed"]:
                 print(f"  failed: {f}", flush=True)

@@ -22,7 +22,7 @@ const ui = {
   meter: $("mic-meter"), meterFill: $("meter-fill"),
   visemeBars: $("viseme-bars"), visemeLabel: $("viseme-label"), vadDot: $("vad-dot"), vadText: $("vad-text"),
   badgeFps: $("badge-fps"), statFps: $("stat-fps"), statRtt: $("stat-rtt"), statLat: $("stat-lat"),
-  statFirst: $("stat-first"),
+  statFirst: $("stat-first"), statScale: $("stat-scale"),
   photoForm: $("photo-form"), photoFile: $("photo-file"), photoName: $("photo-name"),
   photoConsentBy: $("photo-consent-by"), photoConsent: $("photo-consent"), photoMsg: $("photo-msg"),
   uploadBtn: $("btn-upload"),
@@ -401,6 +401,8 @@ function onEvent(c, name, data) {
     case "stats": {
       if (typeof data.fps === "number") client.stats.serverFps = data.fps;
       if (data.latency_ms) setLatency(data.latency_ms);
+      // < 1 while the server is overloaded and renders smaller to keep the frame rate
+      if (typeof data.scale === "number") ui.statScale.hidden = data.scale >= 1;
       break;
     }
     case "avatar": {

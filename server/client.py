@@ -149,6 +149,7 @@ class ClientStats:
     dc_hops: int = 0
     mouth_lag_s: float | None = None  # audio -> visible mouth delay (best cross-correlation)
     mouth_corr: float | None = None  # correlation of mouth openness and speech loudness there
+    frame_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> frames received at that size
     server_stats_events: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # names of the events received, in order
     errors: list[dict[str, Any]] = field(default_factory=list)  # server error messages
@@ -170,6 +171,11 @@ class ClientStats:
             self.gap_ms_p95 = _percentile(gaps.tolist(), 95)
             self.gap_ms_max = float(gaps.max())
         self.fps_min_1s = min_window_fps(arr)
+        sizes: dict[str, int] = {}
+        for f in self.frames:
+            key = f"{f.width}x{f.height}"
+            sizes[key] = sizes.get(key, 0) + 1
+        self.frame_sizes = sizes
         if self.connect_s is not None and self.first_frame_s is not None:
             self.offer_to_first_frame_s = self.connect_s + self.first_frame_s
         self.dc_messages = len(self.visemes)

@@ -30,9 +30,11 @@ from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
 from server.media import vp8
+from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
+from server.render.base import Renderer
 from server.stats import FpsMeter, RollingStats
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,12 @@ class Session:
         self.pipeline: AvatarPipeline | None = None
         self.video: AvatarVideoTrack | None = None
         self.avatar: str | None = None
+        # render size under CPU overload (server/media/adapt.py): the guard decides, _rescale applies
+        self.guard = FrameRateGuard(cfg.video.fps, cfg.video.adapt_scale if cfg.video.adapt else 1.0)
+        self.scale = 1.0  # the scale the pipeline's renderer draws at now
+        self.scaled_frames = 0  # frames sent at a reduced scale
+        self._renderers: dict[tuple[str, int, int], Renderer] = {}  # the current avatar's, per size (worker thread only)
+        self._rescaling: asyncio.Task[None] | None = None
         self.channel: Any = None  # the `visemes` RTCDataChannel, if the client opened one
         self.tasks: set[asyncio.Task[Any]] = set()
         self._audio: deque[tuple[av.AudioFrame, float]] = deque(maxlen=cfg.audio.queue_frames)
@@ -132,12 +140,12 @@ class Session:
         loop = asyncio.get_running_loop()
         size = (self.cfg.video.width, self.cfg.video.height)
         try:
-            renderer = await loop.run_in_executor(self.executor, registry.create, name, size)
+            renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
         except AvatarError as e:
             raise ProtocolError("unknown_avatar", str(e)) from e
         self.avatar = name
         self.pipeline = AvatarPipeline(self.models, self.cfg, self.seed, renderer)
-        self.video = AvatarVideoTrack(self._produce, self.clock, self.cfg.video.fps, self._on_frame)
+        self.video = AvatarVideoTrack(self._produce, self.clock, self.cfg.video.fps, self._on_frame, self._on_tick)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as e:  # aiortc raises ValueError and others on bad SDP
@@ -170,14 +178,50 @@ class Session:
         """Switch avatar live (the renderer is built in the worker thread)."""
         if self.pipeline is None:
             raise ProtocolError("state", "set_avatar before offer")
-        size = (self.cfg.video.width, self.cfg.video.height)
+        scale = self.scale
+        size = scaled_size(self.cfg.video.width, self.cfg.video.height, scale)
         loop = asyncio.get_running_loop()
         try:
-            renderer = await loop.run_in_executor(self.executor, self.models.registry.create, name, size)
+            renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
         except AvatarError as e:
             raise ProtocolError("unknown_avatar", str(e)) from e
         self.pipeline.renderer = renderer
         self.avatar = name
+        self.scale = scale
+        self._request_rescale()  # the guard may have moved while the renderer was built
+
+    def _renderer_for(self, name: str, size: tuple[int, int]) -> Renderer:
+        """``name``'s renderer at ``size``, built once (in the session's worker thread); the
+        renderers of other avatars are dropped."""
+        key = (name, *size)
+        renderer = self._renderers.get(key)
+        if renderer is None:
+            renderer = self.models.registry.create(name, size)
+            self._renderers = {k: r for k, r in self._renderers.items() if k[0] == name}
+            self._renderers[key] = renderer
+        return renderer
+
+    def _on_tick(self, now: float, late_s: float, skipped: int) -> None:
+        if self.guard.tick(now, late_s, skipped):
+            self._request_rescale()
+
+    def _request_rescale(self) -> None:
+        if self.guard.scale != self.scale and (self._rescaling is None or self._rescaling.done()):
+            self._rescaling = self.spawn(self._rescale(), "rescale")
+
+    async def _rescale(self) -> None:
+        """Give the pipeline a renderer at the guard's scale (built off the event loop)."""
+        loop = asyncio.get_running_loop()
+        while self.pipeline is not None and self.avatar is not None and self.guard.scale != self.scale:
+            scale, name = self.guard.scale, self.avatar
+            size = scaled_size(self.cfg.video.width, self.cfg.video.height, scale)
+            renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
+            if name != self.avatar:  # switched avatar meanwhile: build that one's instead
+                continue
+            self.pipeline.renderer = renderer
+            log.info("session %s: rendering at %dx%d (scale %.2f: %s)", self.sid, *size, scale,
+                     "overloaded" if scale < 1.0 else "load back to normal")
+            self.scale = scale
 
     async def set_emotion(self, emotion: str, intensity: float, blend_s: float) -> None:
         """Blend towards an emotion (validated by the animator)."""
@@ -237,6 +281,8 @@ class Session:
         assert self.pipeline is not None
         loop = asyncio.get_running_loop()
         yuv, sources, _ = await loop.run_in_executor(self.executor, self.pipeline.produce, t)
+        if self.scale < 1.0:
+            self.scaled_frames += 1
         return yuv, sources
 
     def _on_frame(self, now: float, sources: list[float]) -> None:
@@ -308,6 +354,9 @@ class Session:
             "frames": self.video.frames if self.video else 0,
             "skipped_ticks": self.video.skipped if self.video else 0,
             "reused_frames": self.pipeline.reused_frames if self.pipeline else 0,
+            "scale": self.scale,
+            "scaled_frames": self.scaled_frames,
+            "adapt": {"downs": self.guard.downs, "ups": self.guard.ups, "late_ticks": self.guard.late_ticks},
             "audio_frames": self.audio_frames,
             "audio_drops": self.audio_drops,
             "latency_ms": self.latency.summary(),

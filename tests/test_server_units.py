@@ -93,12 +93,16 @@ async def test_video_track_skips_ticks_instead_of_building_latency() -> None:
         clock.advance_to(clock.now() + 0.1)  # rendering takes 3 frame periods
         return np.zeros((48, 32), np.uint8), []
 
-    track = AvatarVideoTrack(slow_produce, clock, 30.0)
+    ticks: list[tuple[float, float, int]] = []
+    track = AvatarVideoTrack(slow_produce, clock, 30.0, on_tick=lambda now, late, skipped: ticks.append((now, late, skipped)))
     frames = [await track.recv() for _ in range(6)]
     pts_s = [f.pts / VIDEO_CLOCK_RATE for f in frames]
     # timestamps follow the clock (lag stays bounded) rather than one tick per frame
     assert pts_s[-1] >= clock.now() - 0.1 - 2 / 30
     assert track.skipped > 0
+    # every tick is reported with how late it started (each render takes 0.1 s) and its skips
+    assert len(ticks) == 6 and ticks[0][1:] == (0.0, 0)
+    assert all(late > 0.05 for _, late, _ in ticks[1:]) and sum(s for *_, s in ticks) == track.skipped
     track.stop()
     from aiortc.mediastreams import MediaStreamError
 

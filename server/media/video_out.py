@@ -22,23 +22,30 @@ VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 
 Produce = Callable[[float], Awaitable[tuple[NDArray[np.uint8], list[float]]]]
 OnFrame = Callable[[float, list[float]], None]
+OnTick = Callable[[float, float, int], None]
 
 
 class AvatarVideoTrack(MediaStreamTrack):
     """A video track whose frames come from ``produce(stream_time_s)`` → (I420 planes, sources).
 
     ``on_frame(out_time, sources)`` is called as each frame leaves, with the arrival times of
-    the audio it newly reflects (for the audio-in → frame-out latency).
+    the audio it newly reflects (for the audio-in → frame-out latency). ``on_tick(now, late_s,
+    skipped)`` is called at each tick before rendering: how late (s) the track got to it after
+    its target time (≤ 0: on time) and how many ticks it skipped to get there (for
+    :class:`server.media.adapt.FrameRateGuard`).
     """
 
     kind = "video"
 
-    def __init__(self, produce: Produce, clock: Clock, fps: float, on_frame: OnFrame | None = None) -> None:
+    def __init__(
+        self, produce: Produce, clock: Clock, fps: float, on_frame: OnFrame | None = None, on_tick: OnTick | None = None
+    ) -> None:
         super().__init__()
         self._produce = produce
         self._clock = clock
         self._fps = fps
         self._on_frame = on_frame
+        self._on_tick = on_tick
         self._start: float | None = None
         self._index = -1
         self.frames = 0  # frames returned
@@ -49,18 +56,23 @@ class AvatarVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         now = self._clock.now()
+        late, skipped = 0.0, 0
         if self._start is None:
             self._start = now
             self._index = 0
         else:
             self._index += 1
             target = self._start + self._index / self._fps
+            late = now - target
             if now > target + 2.0 / self._fps:
                 behind = int((now - self._start) * self._fps)
-                self.skipped += behind - self._index
+                skipped = behind - self._index
+                self.skipped += skipped
                 self._index = behind
                 target = self._start + self._index / self._fps
             await self._clock.sleep_until(target)
+        if self._on_tick is not None:
+            self._on_tick(now, late, skipped)
         if self.readyState != "live":
             raise MediaStreamError
         yuv, sources = await self._produce(self._index / self._fps)
