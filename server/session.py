@@ -215,7 +215,12 @@ class Session:
         while self.pipeline is not None and self.avatar is not None and self.guard.scale != self.scale:
             scale, name = self.guard.scale, self.avatar
             size = scaled_size(self.cfg.video.width, self.cfg.video.height, scale)
-            renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
+            try:
+                renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
+            except Exception as e:  # a renderer that cannot be built smaller: stay as we are
+                log.warning("session %s: no %s renderer at %dx%d (%s); not adapting the size", self.sid, name, *size, e)
+                self.guard = FrameRateGuard(self.cfg.video.fps, 1.0)
+                return
             if name != self.avatar:  # switched avatar meanwhile: build that one's instead
                 continue
             self.pipeline.renderer = renderer

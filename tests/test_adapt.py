@@ -160,6 +160,50 @@ async def _offer_sdp() -> tuple[Any, str]:
     return pc, pc.localDescription.sdp
 
 
+class FailingSmallRegistry:
+    """A fake avatar registry (wrapping the real one) that cannot build renderers below 512 px."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def default_name(self) -> str:
+        return str(self.real.default_name())
+
+    def create(self, name: str, size: tuple[int, int]) -> Any:
+        if size[0] < 512:
+            raise RuntimeError(f"no {size} renderer")
+        return self.real.create(name, size)
+
+
+async def test_session_keeps_running_when_the_small_renderer_fails(tmp_path: Path) -> None:
+    from server.pipeline.runner import load_models
+    from server.session import Session
+
+    cfg = load_config(overrides={"avatars": {"data_dir": str(tmp_path / "d")}})
+    models = load_models(cfg)
+    models.registry = FailingSmallRegistry(models.registry)
+    clock = VirtualClock(0.0)
+
+    async def send(msg: dict[str, Any]) -> None:
+        pass
+
+    session = Session("f", cfg, models, clock, 0, send)
+    offerer, sdp = await _offer_sdp()
+    try:
+        await session.handle_offer(sdp, None)
+        assert session.video is not None
+        for i in range(120):
+            clock.advance_to(clock.now() + (0.1 if i >= 60 else 0.0))
+            f = await session.video.recv()
+            assert (f.width, f.height) == (512, 512)
+            if session._rescaling is not None:
+                await session._rescaling
+        assert not session.closed and session.scale == 1.0 and session.guard.reduced == 1.0
+    finally:
+        await session.close()
+        await offerer.close()
+
+
 @pytest.mark.parametrize("adapt", [True, False])
 async def test_session_renders_smaller_while_overloaded_then_full_again(adapt: bool, tmp_path: Path) -> None:
     """A live session's video track driven on a virtual clock: ticks that start 100 ms late
