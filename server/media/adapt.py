@@ -93,14 +93,6 @@ class FrameRateGuard:
         """The render scale now: 1.0 or the reduced one."""
         return self.reduced if self._reduced_now else 1.0
 
-    def reset(self) -> None:
-        """Back to the full size, history and backoff cleared (counters kept)."""
-        self._reduced_now = False
-        self._start = None
-        self._changed_at = self._up_at = -1e18
-        self.up_after_s = self.base_up_after_s
-        self._ticks.clear()
-
     def tick(self, now: float, late_s: float, skipped: int = 0) -> bool:
         """One video tick at ``now`` that started ``late_s`` after its target time, after
         skipping ``skipped`` ticks. Returns True when :attr:`scale` changed."""
