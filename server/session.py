@@ -219,7 +219,7 @@ class Session:
                 renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
             except Exception as e:  # a renderer that cannot be built smaller: stay as we are
                 log.warning("session %s: no %s renderer at %dx%d (%s); not adapting the size", self.sid, name, *size, e)
-                self.guard = FrameRateGuard(self.cfg.video.fps, 1.0)
+                self.guard.reduced = 1.0  # the guard keeps counting (stats) but never asks for a change again
                 return
             if name != self.avatar:  # switched avatar meanwhile: build that one's instead
                 continue

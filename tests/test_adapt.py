@@ -199,6 +199,7 @@ async def test_session_keeps_running_when_the_small_renderer_fails(tmp_path: Pat
             if session._rescaling is not None:
                 await session._rescaling
         assert not session.closed and session.scale == 1.0 and session.guard.reduced == 1.0
+        assert session.stats()["adapt"]["downs"] == 1  # the guard asked once; its counters are kept
     finally:
         await session.close()
         await offerer.close()

@@ -42,8 +42,9 @@ def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
 class FrameRateGuard:
     """Per-session decision between the full and the reduced render size.
 
-    ``tick(now, late_s, skipped)`` at every video tick; :attr:`scale` is 1.0 or the reduced
-    scale. Counters: ``downs`` and ``ups`` (scale changes).
+    ``tick(now, late_s, skipped)`` at every video tick; :attr:`scale` is 1.0 or ``reduced``
+    (set ``reduced`` to 1.0 and it never changes the scale again, but keeps counting).
+    Counters: ``downs`` and ``ups`` (scale changes), ``late_ticks``.
     """
 
     def __init__(
