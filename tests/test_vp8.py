@@ -85,3 +85,28 @@ def test_bitrate_ceiling_holds_against_remb() -> None:
     assert enc.codec is enc.own_codec and enc.codec.bit_rate == 250_000
     with pytest.raises(ValueError, match="max_bitrate 10"):
         vp8.RenderedVp8Encoder(max_bitrate=10)
+
+
+def test_remb_steps_reopen_with_hysteresis() -> None:
+    """A falling estimate re-opens at once only past DOWN_STEP; a rising one only past UP_STEP
+    after UP_HOLD_S of stream time; every re-open (and only a re-open) is a keyframe, always with
+    our options (aiortc's own 10 % rule must never re-open the context behind our back)."""
+    enc = vp8.RenderedVp8Encoder(-8, max_bitrate=500_000)
+    frames = _frames(200)  # 30 fps stream time: frame i is at i / 30 s
+    plan = {10: 450_000, 20: 360_000, 30: 420_000, 40: 480_000, 190: 480_000}
+    keyframes: list[int] = []
+    contexts: list[object] = []  # kept alive, so no id is reused
+    for i, f in enumerate(frames):
+        if i in plan:
+            enc.target_bitrate = plan[i]
+        payloads, _ = enc.encode(f)
+        if not contexts or contexts[-1] is not enc.codec:
+            contexts.append(enc.codec)
+        assert enc.codec is enc.own_codec and enc.options["noise-sensitivity"] == vp8.DENOISE_OFF
+        if vp8_depayload(payloads[0])[0] & 1 == 0:
+            keyframes.append(i)
+    # 500k open; 450k (-10 %) kept; 360k (< 0.8 x 500k) at once; 420k (+17 %) kept; 480k
+    # (+33 %) only once 5 s of stream time have passed since the 360k context opened (frame 170)
+    assert keyframes == [0, 20, 170], keyframes
+    assert enc.opens == 3 and len(contexts) == 3
+    assert enc.codec is not None and enc.codec.bit_rate == 480_000

@@ -11,6 +11,16 @@ frame at 400 kbit/s and 3.9 ms at 1.5 Mbit/s; denoiser off and ``cpu-used`` -12:
 ``lag-in-frames`` 0, keyframes on request, REMB lowering the rate) and changes those three:
 denoiser off, ``cpu_used``, and a ceiling on the target bitrate.
 
+It also changes when a new REMB estimate re-opens the encoder. libvpx through FFmpeg cannot change
+its rate in place (setting ``bit_rate`` on an open context does nothing), and every re-open
+starts with a keyframe: for ``ava`` at 512², 500 kbit/s, the fresh context's first frame took
+11 ms and 5.5 KB against 2.3 ms and 2.0 KB for a delta frame, and the frame after it 9.5 KB.
+aiortc re-opens at every >10 % step, so a receiver whose estimate wanders between 300 and
+500 kbit/s got a keyframe every 2 s (13–16 re-opens per session in two 10 s
+``bench/latency.py`` calls). Here the rate follows a drop below ``DOWN_STEP`` of the running rate
+at once (congestion must be relieved now), but a rise only past ``UP_STEP`` once the running rate
+has held for ``UP_HOLD_S`` of stream time.
+
 aiortc has no hook to choose an encoder, so :func:`install` wraps the ``get_encoder`` that
 ``aiortc.rtcrtpsender`` looked up, returning this encoder for VP8 and aiortc's own for
 everything else. It is idempotent and affects only the process that calls it (the session
@@ -24,10 +34,14 @@ from typing import Any
 
 import av
 from aiortc.codecs.vpx import Vp8Encoder, number_of_threads
+from aiortc.mediastreams import VIDEO_TIME_BASE, convert_timebase
 
 DENOISE_OFF = "0"  # libvpx noise-sensitivity: 0 = temporal denoiser off
 DEFAULT_CPU_USED = -12  # libvpx cpu-used for real-time VP8: -16..16, larger magnitude = faster
 DEFAULT_MAX_BITRATE = 500_000  # bit/s, ceiling on the REMB-driven target (aiortc's start rate)
+DOWN_STEP = 0.8  # re-open at once when the target falls below this fraction of the running rate
+UP_STEP = 1.25  # re-open for a higher target only above this multiple of the running rate ...
+UP_HOLD_S = 5.0  # s of stream time (frame timestamps) ... and once the running rate is this old
 
 
 class RenderedVp8Encoder(Vp8Encoder):
@@ -45,6 +59,8 @@ class RenderedVp8Encoder(Vp8Encoder):
         self.target_bitrate = min(super().target_bitrate, max_bitrate)
         self.own_codec: Any = None  # the context this class opened (aiortc's would differ)
         self.options: dict[str, str] = {}  # the libvpx options it was given
+        self.opens = 0  # encoder (re-)opens so far, each one a keyframe
+        self._opened_at: float | None = None  # stream time (s) of the frame the context opened at
 
     @property
     def target_bitrate(self) -> int:
@@ -84,15 +100,39 @@ class RenderedVp8Encoder(Vp8Encoder):
         self.own_codec = codec
         return codec
 
+    def _rate_change_due(self, rate: float, now: float) -> bool:
+        """Whether the REMB target is far enough from the running ``rate`` (bit/s) to pay a
+        keyframe for it at stream time ``now`` (s)."""
+        target = float(self.target_bitrate)
+        if target < DOWN_STEP * rate:
+            return True
+        held = self._opened_at is None or now - self._opened_at >= UP_HOLD_S
+        return target > UP_STEP * rate and held
+
     def encode(self, frame: av.frame.Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        """Encode one frame → (RTP payloads, RTP timestamp); (re)opens the context on a size or
-        >10 % bitrate change exactly when aiortc would, but with our options."""
+        """Encode one frame → (RTP payloads, RTP timestamp); (re)opens the context with our
+        options on a size change, or on a bitrate change that passes :meth:`_rate_change_due`."""
         assert isinstance(frame, av.VideoFrame)
         c = self.codec
+        now = float(frame.time) if frame.time is not None else 0.0
         rate = float(c.bit_rate or 0) if c is not None else 0.0
-        if c is None or (frame.width, frame.height) != (c.width, c.height) or abs(self.target_bitrate - rate) > 0.1 * rate:
-            self.codec = self._open(frame.width, frame.height)
-        return super().encode(frame, force_keyframe)
+        if c is None or (frame.width, frame.height) != (c.width, c.height) or self._rate_change_due(rate, now):
+            c = self.codec = self._open(frame.width, frame.height)
+            self.opens += 1
+            self._opened_at = now
+        # the rest of aiortc's Vp8Encoder.encode, whose own >10 % rule would re-open the
+        # context with aiortc's options whenever the target and the running rate differ
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        if force_keyframe:
+            frame.pict_type = av.video.frame.PictureType.I
+        data = b"".join(bytes(p) for p in c.encode(frame))  # stamps an unstamped frame
+        payloads = self._packetize(data, self.picture_id)
+        if frame.pts is None or frame.time_base is None:
+            raise ValueError(f"VP8 frame still without a timestamp (pts {frame.pts!r}, time base {frame.time_base!r})")
+        timestamp = convert_timebase(frame.pts, frame.time_base, VIDEO_TIME_BASE)
+        self.picture_id = (self.picture_id + 1) % (1 << 15)
+        return payloads, timestamp
 
 
 def install(cpu_used: int = DEFAULT_CPU_USED, max_bitrate: int = DEFAULT_MAX_BITRATE) -> None:
