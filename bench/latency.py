@@ -3,13 +3,14 @@
 For each N (default 1, 2, 4, 8) it starts N calls at once against a server subprocess on the
 private test address, each playing the same speech WAV in real time, and prints per-session
 numbers: server-reported audio-in -> frame-out latency p50/p95, received fps (mean, min over
-1 s windows), first-frame time, audio -> visible-mouth lag (client-measured, with
+1 s windows), the fps each session's server track sent (from /stats), first-frame time, audio -> visible-mouth lag (client-measured, with
 ``--measure-mouth``), and CPU per session (server process CPU time from /proc/<pid>/stat over
 the round's wall time, divided by N; the clients' CPU likewise).
 
 Usage (re-executes itself under tests/netns_run.sh, which needs root)::
 
     .venv/bin/python bench/latency.py [--counts 1,2,4,8] [--seconds 10] [--json out.json]
+                                      [--cpu-hog 0.5]  # a noisy neighbour busy 50 % of one core
 """
 
 from __future__ import annotations
@@ -111,13 +112,36 @@ async def poll_stats(base: str, out: list[dict[str, Any]], stop: asyncio.Event) 
     """Sample the server's /stats once a second into ``out`` until ``stop``."""
     while not stop.is_set():
         try:
-            out.append(await get_json(base, "/stats"))
+            snap = await get_json(base, "/stats")
+            snap["_t"] = time.monotonic()  # when this sample was taken (s, this process's clock)
+            out.append(snap)
         except Exception as e:  # the round goes on; the sample is just missing
             out.append({"error": str(e)})
         try:
             await asyncio.wait_for(stop.wait(), 1.0)
         except TimeoutError:
             pass
+
+
+def server_sent_fps(samples: list[dict[str, Any]], min_span_s: float = 3.0) -> dict[str, float]:
+    """Per session id: the frames its server track sent per second, from the /stats samples
+    (``frames`` at the first and the last sample that show the session connected and sending,
+    over the time between them). What the server delivered, whatever the co-located clients
+    manage to receive. Sessions seen over less than ``min_span_s`` are left out."""
+    seen: dict[str, list[tuple[float, int]]] = {}
+    for snap in samples:
+        t = snap.get("_t")
+        if t is None:
+            continue
+        for s in snap.get("sessions", []):
+            if s.get("state") == "connected" and int(s.get("frames", 0)) > 0:
+                seen.setdefault(str(s["session"]), []).append((float(t), int(s["frames"])))
+    out = {}
+    for sid, pts in seen.items():
+        (t0, f0), (t1, f1) = pts[0], pts[-1]
+        if t1 - t0 >= min_span_s:
+            out[sid] = (f1 - f0) / (t1 - t0)
+    return out
 
 
 async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool, full_size: str) -> dict[str, Any]:
@@ -144,6 +168,7 @@ async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool, 
     ok = [r for r in results if isinstance(r, ClientStats)]
     failed = [f"{type(r).__name__}: {r}" for r in results if not isinstance(r, ClientStats)]
     server_sessions = [s for snap in samples for s in snap.get("sessions", [])]
+    sent_fps = server_sent_fps(samples)
     return {
         "n": n,
         "wall_s": wall,
@@ -156,6 +181,10 @@ async def run_round(srv: ServerProcess, wav: Path, n: int, measure_mouth: bool, 
         "fps_mean": statistics.mean([r.fps_mean for r in ok if r.fps_mean is not None] or [0.0]),
         "fps_min_session": _min([r.fps_mean for r in ok]),  # the slowest session's mean fps
         "fps_min_1s": _min([r.fps_min_1s for r in ok]),
+        # the slowest session's frame rate as its server track sent it (from /stats), against
+        # which "slowest" shows what the clients, on the same cores, managed to receive
+        "server_fps_min_session": _min(list(sent_fps.values())),
+        "server_fps": sent_fps,
         # the lowest share of a session's frames received at the configured size (the rest were
         # rendered smaller while the server was overloaded: video.adapt)
         "full_size_share": _min([r.frame_sizes.get(full_size, 0) / r.frames_received for r in ok if r.frames_received]),
@@ -180,7 +209,7 @@ def fmt(x: float | None, spec: str) -> str:
 def print_table(rounds: list[dict[str, Any]], machine: str, client_nice: int) -> None:
     print(f"\nmachine: {machine}; clients at nice +{client_nice}")
     head = (
-        "  N | lat p50 ms | lat p95 ms | fps mean | slowest | fps min 1s | first frame s | offer->frame s | "
+        "  N | lat p50 ms | lat p95 ms | fps mean | slowest | sent slowest | fps min 1s | first frame s | offer->frame s | "
         "mouth lag s | full size | srv CPU/sess | cli CPU/sess | skipped | load | failed"
     )
     print(head)
@@ -188,7 +217,8 @@ def print_table(rounds: list[dict[str, Any]], machine: str, client_nice: int) ->
     for r in rounds:
         print(
             f"{r['n']:>3} | {fmt(r['latency_ms_p50'], '10.1f')} | {fmt(r['latency_ms_p95'], '10.1f')} | "
-            f"{fmt(r['fps_mean'], '8.1f')} | {fmt(r['fps_min_session'], '7.1f')} | {fmt(r['fps_min_1s'], '10.1f')} | {fmt(r['first_frame_s'], '13.2f')} | "
+            f"{fmt(r['fps_mean'], '8.1f')} | {fmt(r['fps_min_session'], '7.1f')} | {fmt(r.get('server_fps_min_session'), '12.1f')} | "
+            f"{fmt(r['fps_min_1s'], '10.1f')} | {fmt(r['first_frame_s'], '13.2f')} | "
             f"{fmt(r['offer_to_first_frame_s'], '14.2f')} | "
             f"{fmt(r['mouth_lag_s'], '11.2f'):>11} | {fmt(_pct(r.get('full_size_share')), '7.0f')} % | "
             f"{r['server_cpu_per_session'] * 100:10.0f} % | "
@@ -197,7 +227,8 @@ def print_table(rounds: list[dict[str, Any]], machine: str, client_nice: int) ->
         )
     print(
         "lat: server-reported audio-in -> frame-out (p50: median over sessions, p95: worst session); "
-        "fps mean: over sessions; slowest: the lowest session's mean fps; fps min 1s: worst 1 s window of any session; first frame: worst session, after its first audio sample; "
+        "fps mean: over sessions; slowest: the lowest session's mean fps as received; "
+        "sent slowest: the lowest session's fps as its server track sent it (/stats); fps min 1s: worst 1 s window of any session; first frame: worst session, after its first audio sample; "
         "offer->frame: worst session, offer sent to first video frame; "
         "full size: the lowest share of a session's frames at the configured size (the rest rendered smaller under overload); "
         "CPU: % of one core per session; skipped: most render ticks one session's server track skipped; "
@@ -221,8 +252,39 @@ def machine_desc() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
+HOG_PERIOD_S = 0.05  # s, one busy + sleep cycle of the --cpu-hog process
+
+
+def start_cpu_hog(duty: float) -> subprocess.Popen[bytes]:
+    """A process that keeps one core busy for ``duty`` (0..1) of every 50 ms at normal priority:
+    a reproducible noisy neighbour (this VM's slow stretches), started before the server."""
+    if not 0.0 < duty <= 1.0:
+        raise ValueError(f"--cpu-hog {duty!r} outside (0, 1]")
+    code = (
+        "import time\n"
+        f"busy, idle = {duty * HOG_PERIOD_S!r}, {(1.0 - duty) * HOG_PERIOD_S!r}\n"
+        "while True:\n"
+        "    t = time.perf_counter()\n"
+        "    while time.perf_counter() - t < busy:\n"
+        "        pass\n"
+        "    if idle > 0:\n"
+        "        time.sleep(idle)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
 async def run_rounds(args: argparse.Namespace, d: Path, wav: Path) -> list[dict[str, Any]]:
     """Start the server, run every round, stop it. RuntimeError/ClientError abort."""
+    hog = start_cpu_hog(args.cpu_hog) if args.cpu_hog else None
+    try:
+        return await _run_rounds(args, d, wav)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+
+
+async def _run_rounds(args: argparse.Namespace, d: Path, wav: Path) -> list[dict[str, Any]]:
     srv_args = ["--data-dir", str(d / "data")]
     if args.config:
         srv_args += ["--config", str(args.config)]
@@ -261,6 +323,9 @@ def main() -> int:
                    help="measure mouth openness per frame (client CPU) to report the mouth lag")
     p.add_argument("--client-nice", type=int, default=10,
                    help="niceness added to the clients (this process) after the server starts; 0: equal priority")
+    p.add_argument("--cpu-hog", type=float, default=0.0,
+                   help="also run a process keeping one core busy this fraction of the time (0..1), "
+                   "to reproduce a noisy neighbour; 0: none")
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     args = p.parse_args()
     netns_reexec()
@@ -273,9 +338,11 @@ def main() -> int:
             print(f"benchmark aborted: {e}")
             return 1
         machine = machine_desc()
+        if args.cpu_hog:
+            machine += f"; a CPU hog busy {args.cpu_hog:.0%} of one core"
         print_table(rounds, machine, args.client_nice)
         if args.json:
-            out = {"machine": machine, "client_nice": args.client_nice, "audio": str(args.audio or "dev-speech"), "seconds": args.seconds, "rounds": rounds}
+            out = {"machine": machine, "client_nice": args.client_nice, "cpu_hog": args.cpu_hog, "audio": str(args.audio or "dev-speech"), "seconds": args.seconds, "rounds": rounds}
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(out, indent=1))
             print(f"wrote {args.json}")
