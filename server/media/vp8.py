@@ -15,10 +15,10 @@ It also changes when a new REMB estimate re-opens the encoder. libvpx through FF
 its rate in place (setting ``bit_rate`` on an open context does nothing), and every re-open
 starts with a keyframe: for ``ava`` at 512², 500 kbit/s, the fresh context's first frame took
 11 ms and 5.5 KB against 2.3 ms and 2.0 KB for a delta frame, and the frame after it 9.5 KB.
-aiortc re-opens at every >10 % step, so a receiver whose estimate wanders between 300 and
-500 kbit/s got a keyframe every 2 s or so (13–16 re-opens in each session worker over two
-4-session ``bench/latency.py`` rounds of 10 s speech; 5 with this rule, in rounds run beside a
-CPU hog). Here the rate follows a drop below ``DOWN_STEP`` of the running rate
+aiortc re-opens at every >10 % step: in 16 ten-second ``bench/latency.py`` calls (4 sessions
+at a time) that was 4.3 re-opens per call, up to four of them within 1.2 s while the estimate
+fell, exactly when the link is short of bandwidth; with this rule 3.1 (interleaved runs,
+2026-11-22 05:04–05:06 UTC). Here the rate follows a drop below ``DOWN_STEP`` of the running rate
 at once (congestion must be relieved now), but a rise only past ``UP_STEP`` once the running rate
 has held for ``UP_HOLD_S`` of stream time.
 
