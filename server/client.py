@@ -26,6 +26,7 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -171,11 +172,7 @@ class ClientStats:
             self.gap_ms_p95 = _percentile(gaps.tolist(), 95)
             self.gap_ms_max = float(gaps.max())
         self.fps_min_1s = min_window_fps(arr)
-        sizes: dict[str, int] = {}
-        for f in self.frames:
-            key = f"{f.width}x{f.height}"
-            sizes[key] = sizes.get(key, 0) + 1
-        self.frame_sizes = sizes
+        self.frame_sizes = dict(Counter(f"{f.width}x{f.height}" for f in self.frames))
         if self.connect_s is not None and self.first_frame_s is not None:
             self.offer_to_first_frame_s = self.connect_s + self.first_frame_s
         self.dc_messages = len(self.visemes)

@@ -59,6 +59,13 @@ def test_stats_finalize() -> None:
     assert st.gap_ms_p50 == pytest.approx(1000 / 30)
     assert st.gap_ms_max == pytest.approx(1000 / 30)
     assert st.to_json()["frames"][0]["t"] == pytest.approx(-0.1)
+    # frames counted per received size (the overload guard sends some smaller)
+    for f in st.frames[:60]:
+        f.width = f.height = 512
+    for f in st.frames[60:]:
+        f.width = f.height = 384
+    st.finalize()
+    assert st.frame_sizes == {"512x512": 60, "384x384": 30}
 
 
 def test_mouth_audio_lag_recovers_a_known_delay() -> None:
