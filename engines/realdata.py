@@ -60,7 +60,9 @@ class RealUtterance:
     """A real recording: ``audio`` (n,) float32 at 16 kHz, ``labels`` (n // 160,) int8 visemes.
 
     ``phones`` are (name, start, end) in samples; ``segments`` the viseme segments behind the
-    labels; ``source`` says where the boundaries come from ("human" or "pocketsphinx").
+    labels; ``source`` says where the boundaries come from ("human" or "pocketsphinx");
+    ``said[k]``, where given, is the annotated phone that ``phones[k]`` stands for (None where
+    the alignment pairs none: :func:`human_phone_identities`).
     """
 
     name: str
@@ -70,6 +72,7 @@ class RealUtterance:
     segments: list[Segment]
     text: str
     source: str
+    said: list[str | None] | None = None
 
 
 def _read_json(root: Path, name: str) -> dict[str, dict[str, object]]:
@@ -274,5 +277,5 @@ def load_aligned_set(
         segs = cmu_segments(phones, human)
         labels = segments_to_labels(segs, audio.shape[0])
         source = "pocketsphinx times, annotated phones" if human_phones else "pocketsphinx"
-        out.append(RealUtterance(name, audio, labels, phones, segs, text, source))
+        out.append(RealUtterance(name, audio, labels, phones, segs, text, source, human))
     return out
