@@ -47,7 +47,9 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
 from engines import evaluate  # noqa: E402
+from engines.onnx_predictor import load_viseme_model  # noqa: E402
 from engines.phonemes import RHUBARB_SHAPES, rhubarb_decide  # noqa: E402
+from engines.predictor import VisemeModel  # noqa: E402
 from engines.spec import HOP_LENGTH  # noqa: E402
 
 
@@ -119,11 +121,8 @@ def score(preds: Sequence[NDArray[np.int64]], refs: Sequence[NDArray[np.int64]])
     return {"rhubarb_strict": round(hs / n, 4), "rhubarb_tolerant": round(ht / n, 4), "frames": n}
 
 
-def stream_probs(model_name: str, items: Sequence[evaluate.LabelledAudio]) -> list[NDArray[np.float32]]:
+def stream_probs(model: VisemeModel, items: Sequence[evaluate.LabelledAudio]) -> list[NDArray[np.float32]]:
     """(T, 15) probabilities per item, streamed as served; a live lead's hops are dropped."""
-    from engines.onnx_predictor import load_viseme_model
-
-    model = load_viseme_model(model_name, engine="onnxruntime")
     out = []
     for it in items:
         audio, skip = it.streamed()
@@ -156,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     phones = [hop_phones(u.phones, u.said or [None] * len(u.phones), u.labels.shape[0]) for u in utts]
     doc: dict[str, Any] = {"models": models, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "sets": {}}
+    loaded = {m: load_viseme_model(m, engine="onnxruntime") for m in models}
     for set_name, items in sets.items():
-        probs = {m: stream_probs(m, items) for m in models}
+        probs = {m: stream_probs(loaded[m], items) for m in models}
         rows = {m: score([rhubarb_decide(p) for p in probs[m]], refs) for m in models}
         if len(models) > 1:
             ens = [average_probs([probs[m][i] for m in models]) for i in range(len(items))]

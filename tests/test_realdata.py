@@ -119,6 +119,9 @@ def test_aligned_labels_use_the_annotated_phones() -> None:
     assert centre and all(u.labels[t] == VISEME_INDEX["I"] for t in centre)
     assert all(plain.labels[t] == VISEME_INDEX["E"] for t in centre)
     assert u.source.startswith("pocketsphinx times") and plain.source == "pocketsphinx"
+    # the annotated identity of each aligned phone travels with the utterance
+    assert u.said is not None and len(u.said) == len(u.phones) and u.said[k + 1] == "iy"
+    assert plain.said is None
 
 
 def test_pocketsphinx_boundaries_fit_the_audio(aligned: list[RealUtterance]) -> None:
