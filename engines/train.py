@@ -159,14 +159,19 @@ def random_eq(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (x + c[None, :]).astype(np.float32)
 
 
+WARP = (0.5, 0.88, 1.12)  # mel-axis warp: probability per crop, lowest and highest factor
+
+
 def make_batch(
     data: Corpus, rng: np.random.Generator, batch: int, crop: int, lookahead: int, augment: bool,
     bank: list[np.ndarray] | None = None, onset_p: float = 0.0,
+    warp: tuple[float, float, float] = WARP,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> features (B, crop, 40) float32, targets (B, crop) int64 (IGNORE where no label).
 
     With probability ``onset_p`` a crop starts 0-3 hops before the utterance's first speech hop,
     from a zero state: a recording trimmed at the speech onset, as many real clips are.
+    ``warp`` = (probability, lowest, highest factor) of the mel-axis warp (:func:`warp_mels`).
     """
     feats = np.full((batch, crop, N_MELS), SILENCE, np.float32)
     tgt = np.full((batch, crop), IGNORE, np.int64)
@@ -181,8 +186,8 @@ def make_batch(
         take = min(crop, n - start)
         x = data.features[s0 + start : s0 + start + take]
         if augment:
-            if rng.random() < 0.5:
-                x = warp_mels(x, float(rng.uniform(0.88, 1.12)))
+            if rng.random() < warp[0]:
+                x = warp_mels(x, float(rng.uniform(warp[1], warp[2])))
             if rng.random() < 0.5:
                 x = mix_noise(x, rng, bank or [])
             if rng.random() < 0.5:
@@ -287,6 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-limit", type=int, default=300, help="max val utterances per evaluation")
     ap.add_argument("--no-real", action="store_true", help="skip the real-speech log evaluation")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--warp", type=float, nargs=3, default=list(WARP), metavar=("P", "LOW", "HIGH"),
+                    help="mel-axis warp (a vocal-tract-length proxy): probability per crop, factor range")
     ap.add_argument("--clean-bias", type=float, default=0.0,
                     help="sample high-dynamic-range (cleaner) utterances up to 1+X times as often")
     ap.add_argument("--dev-speech", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "dev-speech"),
@@ -306,6 +313,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--lookahead-ms must be a non-negative multiple of 10, got {args.lookahead_ms}")
     if args.minutes <= 0 and args.steps <= 0:
         ap.error("give --minutes > 0 or --steps > 0")
+    p_warp, lo_warp, hi_warp = args.warp
+    if not (0.0 <= p_warp <= 1.0 and 0.0 < lo_warp <= hi_warp):
+        ap.error(f"--warp wants P in [0, 1] and 0 < LOW <= HIGH, got {args.warp}")
     try:
         args.exclude_rules = [parse_exclude(spec) for spec in args.exclude]
     except ValueError as e:
@@ -429,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         lr_scale = min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = args.lr * lr_scale
-        x, y = make_batch(train, rng, args.batch, args.crop, la, not args.no_augment, bank, args.onset_crops)
+        x, y = make_batch(train, rng, args.batch, args.crop, la, not args.no_augment, bank, args.onset_crops,
+                          tuple(args.warp))
         x, y = x.to(device), y.to(device)
         logits, _ = model.logits(x, model.zero_state(x.shape[0]))
         loss = F.cross_entropy(logits.reshape(-1, N_VISEMES), y.reshape(-1), weight=class_w,

@@ -97,3 +97,24 @@ def test_exclude_is_checked_and_applied(tmp_path: Path) -> None:
         main(["--corpus", str(corpus), "--out", str(tmp_path / "x"), "--exclude", "test", *ARGS])
     with pytest.raises(SystemExit, match="leaves no training utterances"):  # the fixture is all test/en
         main(["--corpus", str(corpus), "--out", str(tmp_path / "y"), "--exclude", "test:en", *ARGS])
+
+
+def test_warp_option_is_checked_and_drives_the_mel_warp(tmp_path: Path) -> None:
+    from engines.train import WARP, load_split, make_batch, parse_args, warp_mels
+
+    assert parse_args(["--out", "x"]).warp == list(WARP)
+    assert parse_args(["--out", "x", "--warp", "0.8", "0.82", "1.22"]).warp == [0.8, 0.82, 1.22]
+    for bad in (["1.5", "0.9", "1.1"], ["0.5", "1.2", "0.9"], ["0.5", "0", "1.1"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", "--warp", *bad])
+    data = load_split(write_corpus(tmp_path / "corpus"), "train")
+
+    def batch(warp: tuple[float, float, float]) -> np.ndarray:
+        # with the same probability the random draws are the same: only the factor differs
+        x, _ = make_batch(data, np.random.default_rng(0), 4, 60, 2, True, [], 0.0, warp)
+        return x.numpy()
+
+    x = data.features[:50]
+    assert np.array_equal(warp_mels(x, 1.0), x)  # factor 1 is the identity
+    assert np.array_equal(batch((1.0, 0.9, 0.9)), batch((1.0, 0.9, 0.9)))
+    assert not np.allclose(batch((1.0, 1.0, 1.0)), batch((1.0, 0.8, 0.8)))
