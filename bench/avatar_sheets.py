@@ -10,6 +10,7 @@ data folder) with :func:`server.render.contact_sheet.make_contact_sheet`.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         reg.add_photo(img, "astronaut", "skimage public-domain test image (NASA)")
         for name, kind, crop in (("fox", "sprite", SPRITE_CROP), ("astronaut", "photo", PHOTO_CROP)):
             path = args.out / f"contact-sheet-{kind}.png"
-            sheet = make_contact_sheet(lambda size, n=name: reg.create(n, size), path, emotions=EMOTIONS, cell=args.cell, crop=crop)
+            sheet = make_contact_sheet(functools.partial(reg.create, name), path, emotions=EMOTIONS, cell=args.cell, crop=crop)
             cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
             print(path)
     return 0

@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             misses.add(ph, rhubarb_decide(p), r)
         doc["sets"][set_name] = {"scores": rows, "misses_of_first_model": misses.table(args.top)}
         print(f"{set_name} ({rows[models[0]]['frames']} hops), Rhubarb shapes, strict / ±40 ms:")
-        for name, r in rows.items():
-            print(f"  {name:40s} {r['rhubarb_strict']:.3f} / {r['rhubarb_tolerant']:.3f}")
+        for name, row in rows.items():
+            print(f"  {name:40s} {row['rhubarb_strict']:.3f} / {row['rhubarb_tolerant']:.3f}")
         _print_table(f"  misses of {models[0]} by spoken phone:", doc["sets"][set_name]["misses_of_first_model"])
     if args.rhubarb:
         from bench import rhubarb_reference as rr
@@ -177,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             cues, _ = rr.run_rhubarb(utts, with_text=True, work=Path(tmp))
         shown = [evaluate.cues_to_shapes(cues[u.name], u.labels.shape[0]) for u in utts]
         misses = PhoneMisses()
-        for ph, p, r in zip(phones, shown, refs, strict=True):
-            misses.add(ph, p, r)
-        doc["rhubarb_with_text"] = {"scores": score(shown, refs), "misses": misses.table(args.top)}
-        r = doc["rhubarb_with_text"]["scores"]
-        print(f"Rhubarb Lip Sync, dialog text given: {r['rhubarb_strict']:.3f} / {r['rhubarb_tolerant']:.3f}")
+        for ph, cue_shapes, ref in zip(phones, shown, refs, strict=True):
+            misses.add(ph, cue_shapes, ref)
+        rh = score(shown, refs)
+        doc["rhubarb_with_text"] = {"scores": rh, "misses": misses.table(args.top)}
+        print(f"Rhubarb Lip Sync, dialog text given: {rh['rhubarb_strict']:.3f} / {rh['rhubarb_tolerant']:.3f}")
         _print_table("  its misses by spoken phone:", doc["rhubarb_with_text"]["misses"])
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

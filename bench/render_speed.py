@@ -65,7 +65,7 @@ def states(n: int, seed: int = 0, fps: float = 30.0) -> list[AnimationState]:
             if phase >= 1:
                 next_blink = t + float(rng.uniform(1.5, 4.0))
         eye = float(e["eye_open"]) * (1.0 - blink)
-        mp = mouth_params(w)
+        mp: dict[str, Any] = dict(mouth_params(w))  # float fields of AnimationState
         out.append(AnimationState(
             t=t, visemes=w.copy(), **mp,
             smile=float(e["smile"]), brow_raise=float(e["brow_raise"]) + 0.2 * math.sin(t * 1.3),

@@ -24,6 +24,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from fractions import Fraction  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -40,9 +41,10 @@ from server.media.vp8 import DEFAULT_CPU_USED  # noqa: E402
 VIDEO_TIME_BASE = Fraction(1, 90000)  # s per pts unit (RTP video clock)
 
 
-def open_encoder(noise_sensitivity: int, cpu_used: int, size: int, bitrate: int) -> av.codec.context.CodecContext:
-    """A one-thread libvpx context with aiortc's rate control and the given options."""
-    c = av.CodecContext.create("libvpx", "w")
+def open_encoder(noise_sensitivity: int, cpu_used: int, size: int, bitrate: int) -> Any:
+    """A one-thread libvpx video encoder context (PyAV's VideoCodecContext; its stubs type
+    ``CodecContext.create`` as the base class) with aiortc's rate control and the given options."""
+    c: Any = av.CodecContext.create("libvpx", "w")
     c.width = c.height = size
     c.time_base = VIDEO_TIME_BASE  # as aiortc's frames: pts in 90 kHz units, 3000 per 30 fps frame
     c.bit_rate, c.pix_fmt, c.gop_size, c.qmin, c.qmax = bitrate, "yuv420p", 3000, 2, 56
