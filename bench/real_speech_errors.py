@@ -46,6 +46,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
+from bench import rhubarb_reference as rr  # noqa: E402
 from engines import evaluate  # noqa: E402
 from engines.onnx_predictor import load_viseme_model  # noqa: E402
 from engines.phonemes import RHUBARB_SHAPES, rhubarb_decide  # noqa: E402
@@ -111,16 +112,6 @@ class PhoneMisses:
                 for ph, m in self.misses.most_common(top)]
 
 
-def score(preds: Sequence[NDArray[np.int64]], refs: Sequence[NDArray[np.int64]]) -> dict[str, float]:
-    """Micro-averaged Rhubarb strict / ±40 ms accuracy over utterances."""
-    hs = ht = n = 0
-    for p, r in zip(preds, refs, strict=True):
-        hs += int(np.sum(p == r))
-        ht += int(np.sum(evaluate.tolerant_hits(p, r)))
-        n += r.shape[0]
-    return {"rhubarb_strict": round(hs / n, 4), "rhubarb_tolerant": round(ht / n, 4), "frames": n}
-
-
 def stream_probs(model: VisemeModel, items: Sequence[evaluate.LabelledAudio]) -> list[NDArray[np.float32]]:
     """(T, 15) probabilities per item, streamed as served; a live lead's hops are dropped."""
     out = []
@@ -158,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     loaded = {m: load_viseme_model(m, engine="onnxruntime") for m in models}
     for set_name, items in sets.items():
         probs = {m: stream_probs(loaded[m], items) for m in models}
-        rows = {m: score([rhubarb_decide(p) for p in probs[m]], refs) for m in models}
+        rows = {m: rr.score({u.name: rhubarb_decide(p) for u, p in zip(utts, probs[m], strict=True)}, utts)
+                for m in models}
         if len(models) > 1:
             ens = [average_probs([probs[m][i] for m in models]) for i in range(len(items))]
-            rows[f"mean of {len(models)} models"] = score([rhubarb_decide(p) for p in ens], refs)
+            rows[f"mean of {len(models)} models"] = rr.score(
+                {u.name: rhubarb_decide(p) for u, p in zip(utts, ens, strict=True)}, utts)
         misses = PhoneMisses()
         for ph, p, r in zip(phones, probs[models[0]], refs, strict=True):
             misses.add(ph, rhubarb_decide(p), r)
@@ -171,15 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:40s} {row['rhubarb_strict']:.3f} / {row['rhubarb_tolerant']:.3f}")
         _print_table(f"  misses of {models[0]} by spoken phone:", doc["sets"][set_name]["misses_of_first_model"])
     if args.rhubarb:
-        from bench import rhubarb_reference as rr
-
         with tempfile.TemporaryDirectory(prefix="rhubarb-") as tmp:
             cues, _ = rr.run_rhubarb(utts, with_text=True, work=Path(tmp))
         shown = [evaluate.cues_to_shapes(cues[u.name], u.labels.shape[0]) for u in utts]
         misses = PhoneMisses()
         for ph, cue_shapes, ref in zip(phones, shown, refs, strict=True):
             misses.add(ph, cue_shapes, ref)
-        rh = score(shown, refs)
+        rh = rr.score({u.name: p for u, p in zip(utts, shown, strict=True)}, utts)
         doc["rhubarb_with_text"] = {"scores": rh, "misses": misses.table(args.top)}
         print(f"Rhubarb Lip Sync, dialog text given: {rh['rhubarb_strict']:.3f} / {rh['rhubarb_tolerant']:.3f}")
         _print_table("  its misses by spoken phone:", doc["rhubarb_with_text"]["misses"])

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from bench import real_speech_errors as rse
+from bench.rhubarb_reference import score
+from engines.evaluate import LabelledAudio
 from engines.phonemes import RHUBARB_SHAPES
-from engines.spec import HOP_LENGTH
+from engines.spec import HOP_LENGTH, VISEMES
 
 
 def _shapes(s: str) -> np.ndarray:
@@ -57,5 +59,10 @@ def test_average_probs_and_score() -> None:
         rse.average_probs([])
     with pytest.raises(ValueError, match="one C"):
         rse.average_probs([a, np.zeros((5, 9), np.float32)])
-    s = rse.score([_shapes("AABB"), _shapes("XF")], [_shapes("AABC"), _shapes("XD")])
-    assert s == {"rhubarb_strict": round(4 / 6, 4), "rhubarb_tolerant": round(5 / 6, 4), "frames": 6}
+    # the scores come from bench/rhubarb_reference.score, whose references are viseme labels
+    vis = {"A": "PP", "B": "DD", "C": "E", "D": "aa", "X": "sil"}
+    items = [LabelledAudio(n, np.zeros(0, np.float32), np.array([VISEMES.index(vis[c]) for c in ref], np.int8))
+             for n, ref in (("u1", "AABC"), ("u2", "XD"))]
+    s = score({"u1": _shapes("AABB"), "u2": _shapes("XF")}, items)
+    assert {k: s[k] for k in ("rhubarb_strict", "rhubarb_tolerant", "frames")} == {
+        "rhubarb_strict": round(4 / 6, 4), "rhubarb_tolerant": round(5 / 6, 4), "frames": 6}
