@@ -25,6 +25,7 @@ from server.errors import AvatarError, ProtocolError
 from server.pipeline.runner import SharedModels, load_models
 from server.session import Session, sessions_summary
 from server.signaling import PROTOCOL_VERSION, dispatch, error, parse_message, welcome
+from server.stage.http import STAGES, add_routes
 from server.workers import RemoteSession, WorkerPool
 
 
@@ -49,6 +50,10 @@ class LocalSession:
     async def close(self) -> None:
         """Close the session."""
         await self.session.close()
+
+    async def stage_request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A request for the session's stage."""
+        return await self.session.stage_request(action, data)
 
 
 SessionHandle = LocalSession | RemoteSession
@@ -101,6 +106,7 @@ def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModel
     app.router.add_get("/avatars", avatars)
     app.router.add_post("/avatars/photo", add_photo)
     app.router.add_get("/ws", websocket)
+    add_routes(app, CLIENT_DIR)
     if CLIENT_DIR.is_dir():
         app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
     return app
@@ -208,27 +214,31 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     counter: Iterator[int] = app[COUNTER]
     n = next(counter)
     sid = f"s{n}-{secrets.token_hex(3)}"
+    stage_id = secrets.token_urlsafe(8)  # the watch link's secret part: unguessable
     pool = app.get(POOL)
     handle: SessionHandle
     if pool is not None:
         try:
-            handle = await pool.open(sid, cfg.seed + n, send)
+            handle = await pool.open(sid, cfg.seed + n, send, stage_id)
         except ProtocolError as e:
             await send(error(e))
             await ws.close()
             return ws
     else:
-        handle = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send))
+        handle = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send, stage_id))
     sessions[sid] = handle
+    stages = app[STAGES]
+    stages.add(stage_id, handle)
 
     async def closed(h: Any) -> None:
         sessions.pop(h.sid, None)
+        stages.end(stage_id)
         if not ws.closed:
             await ws.close()
 
     handle.on_closed = closed
     try:
-        await send(welcome(sid, cfg, _avatar_list(app)))
+        await send(welcome(sid, cfg, _avatar_list(app), stage_id))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 try:
@@ -254,6 +264,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         await handle.close()
         sessions.pop(sid, None)
+        stages.end(stage_id)
         if not ws.closed:
             await ws.close()
     return ws

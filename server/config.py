@@ -126,6 +126,22 @@ class VideoConfig:
         _check(1 <= self.fps <= 60, "video.fps", self.fps, "in 1..60")
 
 
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """[stage]: what the speaker's audience (viewers, OBS, players) receives."""
+
+    max_viewers: int = 50  # viewers per stage; more get a "stage_full" refusal
+    keyframe_interval_s: float = 2.0  # s, longest time between two keyframes of the viewers' video
+    keyframe_min_gap_s: float = 0.5  # s, shortest time between keyframes asked for by joins and PLI/FIR
+    min_bitrate_kbps: int = 150  # kbit/s, floor for the viewers' shared video rate (the slowest REMB lowers it)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.max_viewers, int) and 0 <= self.max_viewers <= 1000, "stage.max_viewers", self.max_viewers, "an integer in 0..1000")
+        _check(0.5 <= self.keyframe_interval_s <= 60.0, "stage.keyframe_interval_s", self.keyframe_interval_s, "in 0.5..60 s")
+        _check(0.05 <= self.keyframe_min_gap_s <= self.keyframe_interval_s, "stage.keyframe_min_gap_s", self.keyframe_min_gap_s, "in 0.05 s..stage.keyframe_interval_s")
+        _check(30 <= self.min_bitrate_kbps <= 10_000, "stage.min_bitrate_kbps", self.min_bitrate_kbps, "in 30..10000 kbit/s")
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "avatar-server"
@@ -147,6 +163,7 @@ class AppConfig:
     vad: VadConfig = field(default_factory=VadConfig)
     visemes: VisemeConfig = field(default_factory=VisemeConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
     avatars: AvatarsConfig = field(default_factory=AvatarsConfig)
     animation: dict[str, Any] = field(default_factory=dict)  # → AnimationConfig(**animation)
     seed: int = 0  # seeds per-session animation randomness (session i uses seed + i)
@@ -182,6 +199,7 @@ _SECTIONS: dict[str, type] = {
     "vad": VadConfig,
     "visemes": VisemeConfig,
     "video": VideoConfig,
+    "stage": StageConfig,
     "avatars": AvatarsConfig,
 }
 

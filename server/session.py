@@ -35,6 +35,7 @@ from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
 from server.render.base import Renderer
+from server.stage import Stage
 from server.stats import FpsMeter, RollingStats
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,12 @@ class Session:
     """A live call. Create, ``await handle_offer(...)``, and always ``await close()``."""
 
     def __init__(
-        self, sid: str, cfg: AppConfig, models: SharedModels, clock: Clock, seed: int, send: SendJson
+        self, sid: str, cfg: AppConfig, models: SharedModels, clock: Clock, seed: int, send: SendJson,
+        stage_id: str | None = None,
     ) -> None:
         self.sid = sid
+        self.stage_id = stage_id or sid
+        self.stage: Stage | None = None  # the program and its viewers, once the offer is accepted
         self.cfg = cfg
         self.models = models
         self.clock = clock
@@ -153,6 +157,7 @@ class Session:
             self.video = None
             raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
         self.pc.addTrack(self.video)
+        self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.spawn(self._process_audio(), "process-audio")
@@ -259,8 +264,11 @@ class Session:
                 continue
             if len(self._audio) == self._audio.maxlen:
                 self.audio_drops += 1
-            self._audio.append((frame, self.clock.now()))
+            arrival = self.clock.now()
+            self._audio.append((frame, arrival))
             self.audio_frames += 1
+            if self.stage is not None:
+                self.stage.audio_frame(frame, arrival)
             self._audio_ready.set()
 
     async def _process_audio(self) -> None:
@@ -288,7 +296,37 @@ class Session:
         yuv, sources, _ = await loop.run_in_executor(self.executor, self.pipeline.produce, t)
         if self.scale < 1.0:
             self.scaled_frames += 1
+        if self.stage is not None:  # the same frame, for the stage's viewers (encoded once)
+            self.stage.video_frame(yuv, int(round(t * self.cfg.video.fps)))
         return yuv, sources
+
+    def _video_latency_s(self) -> float | None:
+        """Median source audio in → frame out latency so far, s (None before any)."""
+        p50 = self.latency.summary()["p50"]
+        return None if p50 is None else p50 / 1000.0
+
+    def _on_audience(self, event: dict[str, Any]) -> None:
+        """A viewer's reaction or comment: shown on the speaker's page."""
+        async def send() -> None:
+            await self._send({"v": 1, "type": "event", "name": "audience", "data": event})
+
+        self.spawn(send(), "audience")
+
+    async def stage_request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A request for this session's stage: ``whep_offer`` (sdp), ``whep_delete`` (viewer), ``info``."""
+        stage = self.stage
+        if stage is None or self.closed:
+            raise ProtocolError("stage_not_live", f"the stage {self.stage_id} has not started yet: the speaker has not started the call")
+        if action == "whep_offer":
+            vid, sdp = await stage.add_viewer(str(data.get("sdp", "")))
+            return {"viewer": vid, "sdp": sdp}
+        if action == "whep_delete":
+            if not await stage.remove_viewer(str(data.get("viewer", ""))):
+                raise ProtocolError("unknown_viewer", f"no viewer {str(data.get('viewer', ''))[:40]!r} on stage {self.stage_id}")
+            return {}
+        if action == "info":
+            return stage.stats()
+        raise ProtocolError("bad_request", f"unknown stage request {action[:40]!r}")
 
     def _on_frame(self, now: float, sources: list[float]) -> None:
         self.fps.tick(now)
@@ -367,6 +405,9 @@ class Session:
             "latency_ms": self.latency.summary(),
             "lookahead_ms": self.pipeline.lookahead_hops * 10 if self.pipeline else None,
             "tasks": len(self.tasks),
+            "stage": self.stage_id,
+            "viewers": len(self.stage.viewers) if self.stage is not None else 0,
+            "program": self.stage.stats() if self.stage is not None else None,
         }
 
     def close_soon(self) -> None:
@@ -387,6 +428,8 @@ class Session:
         if self._dc_timer is not None:
             self._dc_timer.cancel()
             self._dc_timer = None
+        if self.stage is not None:
+            await self.stage.close("the speaker has left: the stage has ended")
         if self.video is not None:
             self.video.stop()
         await self.pc.close()

@@ -81,7 +81,7 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
     raise ProtocolError("bad_control", f"unknown control action {action!r}; expected ping, set_emotion or set_avatar")
 
 
-def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]]) -> dict[str, Any]:
+def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: str | None = None) -> dict[str, Any]:
     """The first message on a new connection."""
     ice = [
         {"urls": list(s.urls), **({"username": s.username} if s.username else {}), **({"credential": s.credential} if s.credential else {})}
@@ -94,6 +94,7 @@ def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]]) -> dict[str
         "server": {"version": __version__},
         "avatars": avatars,
         "ice_servers": ice,
+        **({"stage": {"id": stage_id, "watch": f"/watch/{stage_id}", "obs": f"/obs/{stage_id}", "whep": f"/whep/{stage_id}"}} if stage_id else {}),
     }
 
 

@@ -123,9 +123,11 @@ class _Worker:
                     break
                 op = msg["op"]
                 if op == "open":
-                    self._open(msg["sid"], int(msg["seed"]), models, clock)
+                    self._open(msg["sid"], int(msg["seed"]), models, clock, msg.get("stage"))
                 elif op == "dispatch":
                     self.spawn(self._dispatch(msg))
+                elif op == "stage":
+                    self.spawn(self._stage_request(msg))
                 elif op == "close":
                     session = self.sessions.get(msg["sid"])
                     if session is not None:
@@ -138,13 +140,13 @@ class _Worker:
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    def _open(self, sid: str, seed: int, models: Any, clock: Any) -> None:
+    def _open(self, sid: str, seed: int, models: Any, clock: Any, stage_id: str | None = None) -> None:
         from server.session import Session
 
         async def send_event(msg: dict[str, Any]) -> None:
             self.send({"op": "event", "sid": sid, "msg": msg})
 
-        session = Session(sid, self.cfg, models, clock, seed, send_event)
+        session = Session(sid, self.cfg, models, clock, seed, send_event, stage_id)
 
         async def closed(s: Session) -> None:
             self.sessions.pop(s.sid, None)
@@ -173,6 +175,24 @@ class _Worker:
                 log.exception("session %s: internal error", sid)
                 self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": f"internal server error: {type(e).__name__}: {e}", "fatal": False}})
                 return
+        self.send({"op": "reply", "id": rid, "reply": reply})
+
+    async def _stage_request(self, msg: dict[str, Any]) -> None:
+        """A request for a session's stage (viewers join and leave without the session's lock)."""
+        sid, rid = msg["sid"], msg["id"]
+        session = self.sessions.get(sid)
+        if session is None:
+            self.send({"op": "reply", "id": rid, "error": {"code": "stage_ended", "message": "the stage has ended", "fatal": True}})
+            return
+        try:
+            reply = await session.stage_request(msg["action"], msg.get("data", {}))
+        except ProtocolError as e:
+            self.send({"op": "reply", "id": rid, "error": {"code": e.code, "message": str(e), "fatal": e.fatal}})
+            return
+        except Exception:
+            log.exception("session %s: stage request failed", sid)
+            self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": "internal server error", "fatal": False}})
+            return
         self.send({"op": "reply", "id": rid, "reply": reply})
 
     def _stats(self) -> dict[str, Any]:
@@ -212,6 +232,15 @@ class RemoteSession:
         if err is not None:
             raise ProtocolError(err["code"], err["message"], fatal=bool(err.get("fatal")))
         reply: dict[str, Any] | None = result.get("reply")
+        return reply
+
+    async def stage_request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Run a stage request in the worker; raises :class:`ProtocolError` on errors."""
+        result = await self.pool.request(self.worker, {"op": "stage", "sid": self.sid, "action": action, "data": data})
+        err = result.get("error")
+        if err is not None:
+            raise ProtocolError(err["code"], err["message"], fatal=bool(err.get("fatal")))
+        reply: dict[str, Any] = result.get("reply") or {}
         return reply
 
     async def close(self) -> None:
@@ -327,7 +356,7 @@ class WorkerPool:
         finally:
             self._pending.pop(rid, None)
 
-    async def open(self, sid: str, seed: int, send: SendJson) -> RemoteSession:
+    async def open(self, sid: str, seed: int, send: SendJson, stage_id: str | None = None) -> RemoteSession:
         """Create a session on the least loaded live worker."""
         live = [w for w in self.workers if w.alive and w.ready.done() and w.ready.exception() is None]
         if not live:
@@ -338,7 +367,7 @@ class WorkerPool:
         w = min(live, key=lambda x: len(x.sessions))
         s = RemoteSession(self, w, sid, send)
         w.sessions[sid] = s
-        self.post(w, {"op": "open", "sid": sid, "seed": seed})
+        self.post(w, {"op": "open", "sid": sid, "seed": seed, "stage": stage_id})
         return s
 
     async def stats(self) -> list[dict[str, Any]]:

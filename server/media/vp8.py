@@ -58,6 +58,7 @@ class RenderedVp8Encoder(Vp8Encoder):
         self.cpu_used = cpu_used
         self.max_bitrate = max_bitrate
         self.target_bitrate = min(super().target_bitrate, max_bitrate)
+        self.remb_seen = False  # set once the receiver's REMB (or a stage) sets the target
         self.own_codec: Any = None  # the context this class opened (aiortc's would differ)
         self.options: dict[str, str] = {}  # the libvpx options it was given
         self.opens = 0  # encoder (re-)opens so far, each one a keyframe
@@ -73,6 +74,8 @@ class RenderedVp8Encoder(Vp8Encoder):
     def target_bitrate(self, bitrate: int) -> None:
         cap = getattr(self, "max_bitrate", DEFAULT_MAX_BITRATE)
         Vp8Encoder.target_bitrate.fset(self, min(int(bitrate), cap))  # type: ignore[attr-defined]
+        if hasattr(self, "remb_seen"):
+            self.remb_seen = True
 
     def _open(self, width: int, height: int) -> Any:
         """A libvpx context like aiortc's (CBR, real-time, no lag) with our two options."""

@@ -1,0 +1,260 @@
+"""The stage: one source driving one avatar, and the outputs subscribed to its program.
+
+The session that owns the source calls :meth:`Stage.video_frame` with every frame its video
+track produced (the track owns the clock) and :meth:`Stage.audio_frame` with every source
+audio frame as it arrives. Both cost nothing while no output listens. Viewers join with
+:meth:`Stage.add_viewer` (a WHEP offer) and leave with :meth:`Stage.remove_viewer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import av
+import numpy as np
+from numpy.typing import NDArray
+
+from server.clock import Clock
+from server.config import AppConfig
+from server.errors import ProtocolError
+from server.stage.program import ProgramAudio, ProgramVideoEncoder
+from server.stage.viewer import Viewer
+
+log = logging.getLogger(__name__)
+
+REACTIONS = ("applause", "laugh", "heart", "surprise", "question")
+MAX_COMMENT_CHARS = 200
+BITRATE_POLL_S = 1.0  # s between looks at the viewers' REMB estimates
+
+
+class StageEnded(ProtocolError):
+    """The stage is over (its speaker left); viewers get this as a clear refusal."""
+
+    def __init__(self, stage_id: str) -> None:
+        super().__init__("stage_ended", f"the stage {stage_id} has ended", fatal=True)
+
+
+class _Bucket:
+    """A token bucket: ``rate`` events per second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.t = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+AudienceHook = Callable[[dict[str, Any]], None]
+
+
+class Stage:
+    """One stage. ``video_latency_s()``: how late (s) the source's video shows its audio."""
+
+    def __init__(
+        self,
+        stage_id: str,
+        cfg: AppConfig,
+        clock: Clock,
+        video_latency_s: Callable[[], float | None],
+        on_audience: AudienceHook | None = None,
+    ) -> None:
+        self.id = stage_id
+        self.cfg = cfg
+        self.clock = clock
+        self._video_latency_s = video_latency_s
+        self.on_audience = on_audience
+        loop = asyncio.get_running_loop()
+        st = cfg.stage
+        self.video = ProgramVideoEncoder(
+            loop,
+            self._fan_video,
+            fps=cfg.video.fps,
+            cpu_used=cfg.video.vp8_cpu_used,
+            max_bitrate=cfg.video.max_bitrate_kbps * 1000,
+            min_bitrate=st.min_bitrate_kbps * 1000,
+            key_interval_s=st.keyframe_interval_s,
+            key_min_gap_s=st.keyframe_min_gap_s,
+        )
+        self.audio = ProgramAudio(clock, self._fan_audio, self._audio_delay_target, self._audio_delay_target() or 0.08)
+        self.viewers: dict[str, Viewer] = {}
+        self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
+        self._audio_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.created = time.monotonic()
+        self.closed = False
+        self.viewers_total = 0
+        self.reactions: dict[str, int] = dict.fromkeys(REACTIONS, 0)
+        self.comments = 0
+        self.refused_events = 0
+        self._spawn(self._bitrate_loop(), "bitrate")
+
+    # ------------------------------------------------------------ the program
+
+    def _audio_delay_target(self) -> float | None:
+        """Audio delay that matches the viewers' video: source latency + the shared encode."""
+        lat = self._video_latency_s()
+        if lat is None:
+            return None
+        return lat + self.video.encode_ms / 1000.0
+
+    def video_frame(self, yuv: NDArray[np.uint8], index: int) -> None:
+        """The source's frame ``index`` (I420 planes), just produced on the video clock."""
+        if self.closed or not any(not v.video.closed for v in self.viewers.values()):
+            return
+        self.video.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
+
+    def audio_frame(self, frame: av.AudioFrame, arrival: float) -> None:
+        """One source audio frame (48 kHz stereo s16) that arrived at ``arrival`` (clock s)."""
+        if self._audio_task is not None:
+            self.audio.push(frame, arrival)
+
+    def _fan_video(self, packet: av.Packet) -> None:
+        for v in self.viewers.values():
+            v.video.put(packet)
+
+    def _fan_audio(self, packet: av.Packet) -> None:
+        for v in self.viewers.values():
+            v.audio.put(packet)
+
+    def _update_audio(self) -> None:
+        """Run the audio program only while some output takes audio."""
+        wanted = not self.closed and any(v.wants_audio for v in self.viewers.values())
+        if wanted and self._audio_task is None:
+            self._audio_task = self._spawn(self.audio.run(), "program-audio")
+        elif not wanted and self._audio_task is not None:
+            self._audio_task.cancel()
+            self._audio_task = None
+
+    async def _bitrate_loop(self) -> None:
+        """The encoder follows the most constrained connected viewer's REMB estimate."""
+        while True:
+            await asyncio.sleep(BITRATE_POLL_S)
+            rates = [r for v in self.viewers.values() if (r := v.remb_bitrate()) is not None]
+            self.video.set_bitrate(min(rates) if rates else None)
+
+    # ------------------------------------------------------------ viewers
+
+    async def add_viewer(self, offer_sdp: str) -> tuple[str, str]:
+        """A viewer's WHEP offer → (viewer id, answer SDP). Raises :class:`ProtocolError`."""
+        if self.closed:
+            raise StageEnded(self.id)
+        cap = self.cfg.stage.max_viewers
+        if len(self.viewers) >= cap:
+            raise ProtocolError("stage_full", f"the stage {self.id} already has its {cap} viewers", fatal=True)
+        vid = secrets.token_urlsafe(9)
+        viewer = Viewer(vid, self.cfg.server.ice_servers, self.video.request_keyframe, self._reaction, self._gone)
+        self.viewers[vid] = viewer
+        try:
+            answer = await viewer.answer(offer_sdp)
+        except BaseException:
+            self.viewers.pop(vid, None)
+            await viewer.close()
+            raise
+        self._buckets[vid] = (_Bucket(2.0, 5.0), _Bucket(0.5, 3.0))  # reactions, comments per s
+        self.viewers_total += 1
+        self._update_audio()
+        log.info("stage %s: viewer %s joined (%d watching)", self.id, vid, len(self.viewers))
+        return vid, answer
+
+    async def remove_viewer(self, vid: str) -> bool:
+        """End one viewer's subscription; False if there is no such viewer."""
+        viewer = self.viewers.pop(vid, None)
+        self._buckets.pop(vid, None)
+        if viewer is None:
+            return False
+        await viewer.close()
+        self._update_audio()
+        log.info("stage %s: viewer %s left (%d watching)", self.id, vid, len(self.viewers))
+        return True
+
+    def _gone(self, viewer: Viewer) -> None:
+        if viewer.id in self.viewers and not self.closed:
+            self._spawn(self.remove_viewer(viewer.id), f"viewer-{viewer.id}-gone")
+
+    def _reaction(self, viewer: Viewer, msg: dict[str, Any]) -> None:
+        """A message on a viewer's ``stage`` channel: a reaction or a short comment."""
+        buckets = self._buckets.get(viewer.id)
+        if buckets is None:
+            return
+        kind = msg.get("type")
+        if kind == "reaction" and msg.get("kind") in REACTIONS:
+            if not buckets[0].take():
+                self.refused_events += 1
+                viewer.send_event({"type": "error", "code": "rate_limited", "message": "too many reactions; slow down"})
+                return
+            name = str(msg["kind"])
+            self.reactions[name] += 1
+            event: dict[str, Any] = {"type": "reaction", "kind": name}
+        elif kind == "comment" and isinstance(msg.get("text"), str) and msg["text"].strip():
+            if not buckets[1].take():
+                self.refused_events += 1
+                viewer.send_event({"type": "error", "code": "rate_limited", "message": "too many comments; slow down"})
+                return
+            self.comments += 1
+            event = {"type": "comment", "text": " ".join(str(msg["text"]).split())[:MAX_COMMENT_CHARS]}
+        else:
+            self.refused_events += 1
+            viewer.send_event({"type": "error", "code": "bad_event", "message": f"send a reaction ({', '.join(REACTIONS)}) or a comment"})
+            return
+        event["viewer"] = viewer.id[:6]
+        if self.on_audience is not None:
+            self.on_audience(event)
+
+    # ------------------------------------------------------------ life cycle
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"stage-{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stage %s: task %s failed", self.id, task.get_name(), exc_info=task.exception())
+
+    async def close(self, reason: str = "the stage has ended") -> None:
+        """End the stage: every viewer is told ``reason`` and disconnected. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        viewers = list(self.viewers.values())
+        self.viewers.clear()
+        await asyncio.gather(*(v.close(reason) for v in viewers), return_exceptions=True)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._audio_task = None
+        self.video.close()
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able stage statistics."""
+        return {
+            "stage": self.id,
+            "viewers": len(self.viewers),
+            "viewers_total": self.viewers_total,
+            "age_s": round(time.monotonic() - self.created, 1),
+            "video": self.video.stats(),
+            "audio": self.audio.stats() if self._audio_task is not None else None,
+            "audio_delay_ms": round(self.audio.delay_s * 1000.0, 1),
+            "reactions": dict(self.reactions),
+            "comments": self.comments,
+            "per_viewer": [v.stats() for v in self.viewers.values()],
+        }

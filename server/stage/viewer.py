@@ -1,0 +1,174 @@
+"""A viewer: one receive-only peer connection (WHEP) fed from the stage's shared encoders.
+
+The viewer's offer must ask to receive video (VP8) and may ask for audio (Opus). Its tracks
+are :class:`~server.stage.outputs.EncodedTrack` s over the viewer's own mailboxes; they are
+filled only once the connection is up, and its first video packet is a keyframe asked for at
+that moment. The viewer's PLI/FIR and REMB reach the shared encoder: aiortc's sender would
+otherwise ignore them for pre-encoded packets.
+
+A data channel labelled ``stage`` (opened by the watch page) carries the stage's events to the
+viewer (``{"type": "ended", "reason": ...}``) and the viewer's reactions to the stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from server.config import IceServer
+from server.errors import ProtocolError
+from server.stage.outputs import AUDIO_MAILBOX, VIDEO_MAILBOX, EncodedTrack, PacketMailbox
+
+log = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024  # a viewer's offer is a few kB; anything larger is refused
+
+
+def check_offer(sdp: str) -> list[str]:
+    """Validate a viewer's SDP offer before aiortc sees it; returns its media kinds.
+
+    Raises :class:`ProtocolError` (``bad_offer``) naming what is wrong, in our words.
+    """
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise ProtocolError("bad_offer", "the body must be an SDP offer (Content-Type: application/sdp)")
+    if len(sdp.encode("utf-8", "replace")) > MAX_SDP_BYTES:
+        raise ProtocolError("bad_offer", f"the SDP offer is larger than {MAX_SDP_BYTES} bytes")
+    if not sdp.lstrip().startswith("v=0"):
+        raise ProtocolError("bad_offer", "the SDP offer must start with v=0")
+    kinds = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=") and line.split()]
+    if "video" not in kinds:
+        raise ProtocolError("bad_offer", f"the offer has no video m-line to receive the avatar on (media: {', '.join(kinds) or 'none'})")
+    if "vp8/90000" not in sdp.lower():
+        raise ProtocolError("bad_offer", "the offer does not accept VP8 video; this server sends VP8")
+    return kinds
+
+
+class Viewer:
+    """One subscribed viewer. ``await answer(offer)``, and always ``await close()``."""
+
+    def __init__(
+        self,
+        vid: str,
+        ice_servers: tuple[IceServer, ...],
+        want_keyframe: Callable[[], None],
+        on_reaction: Callable[[Viewer, dict[str, Any]], None],
+        on_gone: Callable[[Viewer], None],
+    ) -> None:
+        self.id = vid
+        ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in ice_servers]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        self._want_keyframe = want_keyframe
+        self.video = PacketMailbox(VIDEO_MAILBOX, keyframes=True, want_keyframe=want_keyframe)
+        self.audio = PacketMailbox(AUDIO_MAILBOX)
+        self.video.closed = self.audio.closed = True  # opened once the connection is up
+        self.wants_audio = False
+        self.channel: Any = None
+        self.created = time.monotonic()
+        self.connected_at: float | None = None
+        self.closed = False
+        self._senders: list[Any] = []
+        self._on_reaction = on_reaction
+        self._on_gone = on_gone
+        self._tracks: list[EncodedTrack] = []
+
+        @self.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = self.pc.connectionState
+            if state == "connected" and self.connected_at is None:
+                self.connected_at = time.monotonic()
+                self.video.closed = False
+                self.video.waiting_for_key = True
+                self.audio.closed = not self.wants_audio
+                self._want_keyframe()
+            elif state in ("failed", "closed"):
+                self._on_gone(self)
+
+        @self.pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label != "stage":
+                return
+            self.channel = channel
+
+            @channel.on("message")
+            def on_message(message: Any) -> None:
+                if not isinstance(message, str) or len(message) > 1024:
+                    return
+                try:
+                    msg = json.loads(message)
+                except ValueError:
+                    return
+                if isinstance(msg, dict):
+                    self._on_reaction(self, msg)
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the viewer's offer; returns the answer SDP (all ICE candidates included)."""
+        kinds = check_offer(offer_sdp)
+        self.wants_audio = "audio" in kinds
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as e:  # aiortc's own messages name its internals: say it in ours
+            log.info("viewer %s: offer refused by aiortc: %s", self.id, e)
+            raise ProtocolError("bad_offer", "the SDP offer could not be applied (malformed or unsupported media description)") from e
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                track = EncodedTrack("video", self.video)
+            elif transceiver.kind == "audio" and self.wants_audio:
+                track = EncodedTrack("audio", self.audio)
+            else:
+                continue
+            sender = self.pc.addTrack(track)
+            self._tracks.append(track)
+            if track.kind == "video":
+                # aiortc ignores PLI/FIR for pre-encoded packets: route them to the shared encoder
+                sender._send_keyframe = self._want_keyframe  # type: ignore[method-assign]
+                self._senders.append(sender)
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return str(self.pc.localDescription.sdp)
+
+    def remb_bitrate(self) -> int | None:
+        """The receiver's latest REMB estimate, bit/s (None before the first one)."""
+        for sender in self._senders:
+            enc = getattr(sender, "_RTCRtpSender__encoder", None)  # aiortc keeps REMB there
+            rate = getattr(enc, "target_bitrate", None)
+            if enc is not None and getattr(enc, "remb_seen", False) and isinstance(rate, int):
+                return rate
+        return None
+
+    def send_event(self, msg: dict[str, Any]) -> None:
+        """Send one event on the viewer's ``stage`` channel (if open)."""
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            with contextlib.suppress(Exception):
+                ch.send(json.dumps(msg))
+
+    async def close(self, reason: str | None = None) -> None:
+        """Tell the viewer why (if it has a channel), stop its tracks, close the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        if reason is not None and self.channel is not None and self.channel.readyState == "open":
+            self.send_event({"type": "ended", "reason": reason})
+            await asyncio.sleep(0.05)  # let SCTP carry it before DTLS closes
+        for track in self._tracks:
+            track.stop()
+        await self.pc.close()
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able per-viewer counters."""
+        return {
+            "viewer": self.id,
+            "state": self.pc.connectionState,
+            "age_s": round(time.monotonic() - self.created, 1),
+            "video_sent": self.video.delivered,
+            "video_dropped": self.video.dropped,
+            "audio_sent": self.audio.delivered,
+            "audio": self.wants_audio,
+        }

@@ -1,0 +1,145 @@
+"""Stages over real WebRTC: a speaker (headless client) and viewers over WHEP.
+
+Runs inside the private network (``make test``): the server subprocess on 198.18.0.1, the
+speaker plays speech, viewers subscribe with the headless WHEP viewer. Checks that viewers get
+the avatar with audio at the stage's rate, that a joining viewer's first picture comes quickly,
+that a stalled viewer changes nothing for the others, that everything is encoded once, and
+the refusals (unknown stage, malformed SDP, a stage that ends while viewers watch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.client import AvatarClient, load_audio
+from server.watch import WatchClient, split_watch_url
+from tests.server_proc import ServerProcess, get_json, model_args, wait_sessions
+
+MIN_FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The real server on the private address, default config."""
+    d = tmp_path_factory.mktemp("stage-server")
+    srv = ServerProcess(netns, d / "server.log", ["--data-dir", str(d / "data"), *model_args()])
+    srv.start()
+    yield srv
+    code = srv.stop()
+    assert code in (0, -2, None), f"server exited with {code}:\n{srv.log_tail()}"
+    log = srv.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, f"the server logged a traceback:\n{srv.log_tail(120)}"
+
+
+async def _speaker(base: str, wav: Path, seconds: float) -> tuple[AvatarClient, dict[str, object]]:
+    speaker = AvatarClient(base, load_audio(wav), duration=seconds)
+    welcome = await speaker.connect()
+    speaker.make_pc()
+    await speaker.negotiate()
+    return speaker, welcome
+
+
+def test_split_watch_url() -> None:
+    assert split_watch_url("http://h:1/watch/abc") == ("http://h:1", "abc")
+    assert split_watch_url("https://h/app/whep/abc") == ("https://h/app", "abc")
+    assert split_watch_url("http://h:1/abc") == ("http://h:1", "abc")
+
+
+async def test_viewers_watch_a_stage(server: ServerProcess, speech_wav: Path) -> None:
+    base = server.url
+    speaker, welcome = await _speaker(base, speech_wav, 14.0)
+    stage = welcome["stage"]
+    assert isinstance(stage, dict) and stage["watch"] == f"/watch/{stage['id']}", welcome
+    viewers: list[WatchClient] = []
+    try:
+        await asyncio.sleep(1.0)  # the speaker's media is flowing
+        viewers = [WatchClient(base + str(stage["watch"])) for _ in range(3)]
+        await asyncio.gather(*(v.start() for v in viewers))
+        for v in viewers:  # a joining viewer's first picture comes at once (keyframe on join)
+            await asyncio.wait_for(v.first_frame.wait(), 5.0)
+        assert all(v.stats.first_frame_s is not None and v.stats.first_frame_s < 3.0 for v in viewers), [v.stats.summary() for v in viewers]
+
+        info = await get_json(base, f"/stages/{stage['id']}")
+        assert info == {"stage": stage["id"], "live": True, "viewers": 3}
+
+        # one viewer stalls for 4 s: the others keep the full rate
+        stalled = viewers[2]
+        stalled.running.clear()
+        mark = len(viewers[0].stats.frames)
+        await asyncio.sleep(4.0)
+        stalled.running.set()
+        during = viewers[0].stats.frames[mark:]
+        assert len(during) >= 4.0 * MIN_FPS, f"viewer 0 got {len(during)} frames while viewer 2 stalled"
+        await asyncio.sleep(3.0)  # the stalled one resumes (on a keyframe)
+
+        stats = await get_json(base, "/stats")
+        sess = [s for s in stats["sessions"] if s.get("stage") == stage["id"]]
+        assert sess and sess[0]["viewers"] == 3, stats
+        program = sess[0]["program"]
+        # encoded once for all viewers: the shared encoder made about one frame per tick
+        assert program["video"]["frames"] <= sess[0]["frames"] + 1, program
+        assert program["video"]["keyframes"] >= 1 and program["audio"]["packets"] > 100, program
+        per = {p["viewer"]: p for p in program["per_viewer"]}
+        assert len(per) == 3
+
+        for v in viewers:
+            s = v.stats
+            assert s.fps() >= MIN_FPS or v is stalled, s.summary()
+            assert len(s.audio) >= 150, f"viewer got {len(s.audio)} audio frames: {s.summary()}"
+            assert s.video_sr.pairs and s.audio_sr.pairs, "no RTCP sender reports reached the viewer"
+        after = stalled.stats.frames[-1].t - stalled.stats.frames[0].t
+        assert after > 6.0 and len(stalled.stats.frames) > 100, stalled.stats.summary()
+
+        # a viewer leaves with DELETE
+        await viewers[0].close()
+        for _ in range(30):
+            if (await get_json(base, f"/stages/{stage['id']}"))["viewers"] == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert (await get_json(base, f"/stages/{stage['id']}"))["viewers"] == 2
+    finally:
+        await speaker.close()
+    # the stage ends while two viewers watch: they are told so
+    for v in viewers[1:]:
+        await asyncio.wait_for(v.ended.wait(), 5.0)
+        assert v.stats.ended is not None and "ended" in v.stats.ended, v.stats.events
+        await v.close()
+    assert await wait_sessions(base, 0) == 0
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/stages/{stage['id']}") as r:
+        assert r.status == 410 and "has ended" in await r.text()
+    totals = (await get_json(base, "/stats"))["totals"]
+    assert totals["pcs"] == 0, totals
+
+
+async def test_whep_refusals(server: ServerProcess, speech_wav: Path) -> None:
+    base = server.url
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/whep/nosuchstage", data="v=0\r\n", headers={"Content-Type": "application/sdp"}) as r:
+            body = await r.text()
+            assert r.status == 404 and "no stage 'nosuchstage'" in body, body
+        speaker, welcome = await _speaker(base, speech_wav, 6.0)
+        stage = welcome["stage"]
+        assert isinstance(stage, dict)
+        url = f"{base}/whep/{stage['id']}"
+        try:
+            async with http.post(url, data="hello", headers={"Content-Type": "text/plain"}) as r:
+                assert r.status == 415, await r.text()
+            for bad in ("", "hello", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "v=0\r\n" + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n" * 3, "v=0\r\n" + "x" * 70000):
+                async with http.post(url, data=bad, headers={"Content-Type": "application/sdp"}) as r:
+                    body = await r.text()
+                    assert r.status == 400, (r.status, body)
+                    assert "bad_offer" in body and "aiortc" not in body and "Traceback" not in body and len(body) < 400, body
+            async with http.delete(f"{url}/nosuchviewer") as r:
+                assert r.status == 404, await r.text()
+            async with http.patch(f"{url}/x", data="a=candidate") as r:
+                assert r.status == 405
+            stats = await get_json(base, "/stats")
+            sess = [s for s in stats["sessions"] if s.get("stage") == stage["id"]]
+            assert sess and sess[0]["viewers"] == 0, "a refused offer left a viewer behind"
+        finally:
+            await speaker.close()
