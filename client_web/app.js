@@ -26,6 +26,9 @@ const ui = {
   photoForm: $("photo-form"), photoFile: $("photo-file"), photoName: $("photo-name"),
   photoConsentBy: $("photo-consent-by"), photoConsent: $("photo-consent"), photoMsg: $("photo-msg"),
   uploadBtn: $("btn-upload"),
+  shareCard: $("share-card"), shareWatch: $("share-watch"), shareObs: $("share-obs"),
+  shareStage: $("share-stage"), shareViewers: $("share-viewers"), shareOffset: $("share-offset"),
+  audienceFeed: $("audience-feed"),
 };
 
 /** Public, read-only view for tests and curious people (times: performance.now() ms). */
@@ -46,6 +49,9 @@ const client = {
     avatar: null,
     mic: null,            // label of the microphone being sent
     firstFrameMs: null,   // firstFrameAt - startedAt
+    stage: null,          // this call's stage id (watch link /watch/<stage>)
+    viewers: 0,           // people watching the stage now
+    audience: [],         // reactions and comments received ({type, kind|text})
   },
   firstFrameAt: null,
   startedAt: null,
@@ -354,6 +360,7 @@ function onSocketMessage(c, ev) {
   switch (msg.type) {
     case "welcome":
       client.stats.session = msg.session ?? null;
+      showShare(msg.stage);
       c.waiters.welcome?.(msg);
       break;
     case "answer":
@@ -403,6 +410,21 @@ function onEvent(c, name, data) {
       if (data.latency_ms) setLatency(data.latency_ms);
       // < 1 while the server is overloaded and renders smaller to keep the frame rate
       if (typeof data.scale === "number") ui.statScale.hidden = data.scale >= 1;
+      if (typeof data.viewers === "number") {
+        client.stats.viewers = data.viewers;
+        ui.shareViewers.textContent = `${data.viewers} watching`;
+      }
+      const delay = data.program?.audio_delay_ms;
+      if (typeof delay === "number") ui.shareOffset.textContent = delay.toFixed(0);
+      break;
+    }
+    case "audience": {
+      client.stats.audience.push(data);
+      const li = document.createElement("li");
+      const icons = { applause: "👏", laugh: "😄", heart: "❤️", surprise: "😮", question: "❓" };
+      li.textContent = data.type === "reaction" ? `${icons[data.kind] ?? ""} ${data.kind}` : `💬 ${data.text}`;
+      ui.audienceFeed.prepend(li);
+      while (ui.audienceFeed.children.length > 20) ui.audienceFeed.lastChild.remove();
       break;
     }
     case "avatar": {
@@ -434,6 +456,24 @@ function onEvent(c, name, data) {
       break;
   }
 }
+
+function showShare(stage) {
+  if (!stage || !stage.id) return;
+  client.stats.stage = stage.id;
+  const origin = window.location.origin;
+  ui.shareWatch.value = origin + stage.watch;
+  ui.shareObs.value = `${origin}${stage.obs}?width=512&height=512`;
+  ui.shareStage.textContent = stage.id;
+  ui.shareCard.hidden = false;
+}
+
+document.addEventListener("click", (ev) => {
+  const id = ev.target?.dataset?.copy;
+  if (!id) return;
+  const input = $(id);
+  input.select();
+  navigator.clipboard?.writeText(input.value).then(() => announce("Link copied"), () => document.execCommand?.("copy"));
+});
 
 function setLatency(lat) {
   if (typeof lat.p50 === "number") client.stats.latencyP50 = lat.p50;

@@ -62,7 +62,7 @@ async def test_viewers_watch_a_stage(server: ServerProcess, speech_wav: Path) ->
         await asyncio.gather(*(v.start() for v in viewers))
         for v in viewers:  # a joining viewer's first picture comes at once (keyframe on join)
             await asyncio.wait_for(v.first_frame.wait(), 5.0)
-        assert all(v.stats.first_frame_s is not None and v.stats.first_frame_s < 3.0 for v in viewers), [v.stats.summary() for v in viewers]
+        assert all(v.stats.first_frame_s is not None and v.stats.first_frame_s < 1.5 for v in viewers), [v.stats.summary() for v in viewers]
 
         info = await get_json(base, f"/stages/{stage['id']}")
         assert info == {"stage": stage["id"], "live": True, "viewers": 3}
@@ -89,6 +89,7 @@ async def test_viewers_watch_a_stage(server: ServerProcess, speech_wav: Path) ->
 
         for v in viewers:
             s = v.stats
+            print(s.summary())
             assert s.fps() >= MIN_FPS or v is stalled, s.summary()
             assert len(s.audio) >= 150, f"viewer got {len(s.audio)} audio frames: {s.summary()}"
             assert s.video_sr.pairs and s.audio_sr.pairs, "no RTCP sender reports reached the viewer"
