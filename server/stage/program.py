@@ -214,7 +214,10 @@ class ProgramAudio:
     """The source audio, delayed onto the stage clock and encoded to Opus once.
 
     ``push`` takes each source frame with its arrival time; :meth:`run` sends a 20 ms packet
-    on every tick of the clock through ``deliver`` (silence when nothing is due).
+    on every tick of the clock through ``deliver`` (silence when nothing is due), and hands the
+    same 960 samples, before encoding, to each ``pcm_sinks`` callback ``sink(samples (960, 2)
+    int16, index)`` (a local output such as a virtual microphone or a recorder).
+    ``deliver=None``: no Opus encoding at all (only PCM sinks listen).
     ``video_latency_s()`` says how late (s) the video shows audio that arrived at a given
     moment (None until known); the delay follows it while the source is silent.
     """
@@ -222,7 +225,7 @@ class ProgramAudio:
     def __init__(
         self,
         clock: Clock,
-        deliver: Callable[[av.Packet], None],
+        deliver: Callable[[av.Packet], None] | None,
         video_latency_s: Callable[[], float | None],
         initial_delay_s: float,
     ) -> None:
@@ -230,6 +233,7 @@ class ProgramAudio:
             raise ValueError(f"audio delay {initial_delay_s!r} s outside 0..{AUDIO_BACKLOG_S} s")
         self._clock = clock
         self._deliver = deliver
+        self.pcm_sinks: list[Callable[[NDArray[np.int16], int], None]] = []
         self._video_latency_s = video_latency_s
         self.delay_s = initial_delay_s
         self._queue: deque[tuple[float, NDArray[np.int16]]] = deque()  # (play-out time s, samples (n, 2))
@@ -323,9 +327,12 @@ class ProgramAudio:
                 self._silent = True
             else:
                 self._silent = float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) < SILENT_RMS
-            for p in self.encode(samples, index):
-                self.packets += 1
-                self._deliver(p)
+            for sink in list(self.pcm_sinks):
+                sink(samples, index)
+            if self._deliver is not None:
+                for p in self.encode(samples, index):
+                    self.packets += 1
+                    self._deliver(p)
             index += 1
 
     def stats(self) -> dict[str, Any]:
