@@ -56,7 +56,10 @@ class _NoDecode:
 def _viewer_process(url: str, n: int, seconds: float, out: Any) -> None:
     import aiortc.rtcrtpreceiver as receiver
 
-    receiver.get_decoder = lambda codec: _NoDecode(codec.mimeType.split("/")[0].lower())  # type: ignore[assignment]
+    def no_decoder(codec: Any) -> Any:
+        return _NoDecode(codec.mimeType.split("/")[0].lower())
+
+    receiver.get_decoder = no_decoder
     from server.watch import WatchClient
 
     async def run() -> list[dict[str, Any]]:
