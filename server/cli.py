@@ -1,4 +1,4 @@
-"""The ``avatar`` command: serve, render, visemes, client, avatars, add-photo, train, eval."""
+"""The ``avatar`` command: serve, render, visemes, camera, client, avatars, add-photo, train, eval."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from server.config import AppConfig, load_config
-from server.errors import AvatarError
+from server.errors import AvatarError, ConfigError
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
@@ -114,6 +114,24 @@ def cmd_client(args: argparse.Namespace) -> int:
     return int(client.main(args) or 0)
 
 
+def cmd_camera(args: argparse.Namespace) -> int:
+    """A local stage: microphone -> avatar -> virtual camera (+ virtual microphone, recording)."""
+    from server.pipeline.runner import load_models
+    from server.stage.camera import CameraOptions, run_camera
+
+    cfg = _config(args)
+    opts = CameraOptions(
+        mic=args.mic, mic_backend=args.mic_backend, mic_file=args.mic_file, camera=args.camera,
+        camera_backend=args.camera_backend, no_camera=args.no_camera, avatar=args.avatar,
+        virtual_mic=args.virtual_mic, virtual_mic_device=args.virtual_mic_device, record=args.record,
+        seconds=args.seconds, stats=args.stats, quiet=args.quiet,
+    )
+    if opts.seconds is not None and opts.seconds <= 0:
+        raise ConfigError(f"--seconds must be > 0, got {opts.seconds}")
+    run_camera(cfg, opts, load_models)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the viseme model (python -m engines.train)."""
     from engines import train
@@ -178,6 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True)
     sp.add_argument("--consent-by", default=None, help="who consented to this likeness being animated (required)")
     sp.set_defaults(func=cmd_add_photo)
+
+    sp = sub.add_parser("camera", help="local avatar: microphone -> virtual camera (+ virtual microphone), no browser")
+    common(sp)
+    model_opts(sp)
+    sp.add_argument("--mic", default=None, metavar="DEVICE", help="microphone (PulseAudio source name or PortAudio device; default: the default input)")
+    sp.add_argument("--mic-backend", default="auto", choices=["auto", "pulse", "portaudio"], help="how to capture the microphone (auto: PulseAudio/PipeWire when running, else PortAudio)")
+    sp.add_argument("--mic-file", type=Path, default=None, metavar="AUDIO", help="play this audio file as the microphone, in real time (then silence)")
+    sp.add_argument("--camera", default=None, metavar="DEVICE", help="virtual camera (/dev/videoN on Linux, 'OBS Virtual Camera'; default: the first found)")
+    sp.add_argument("--camera-backend", default=None, help="pyvirtualcam backend (v4l2loopback, obs, unitycapture; default: any)")
+    sp.add_argument("--no-camera", action="store_true", help="no virtual camera (with --record or --virtual-mic)")
+    sp.add_argument("--avatar", default=None, help="avatar name (see `avatar avatars`)")
+    sp.add_argument("--virtual-mic", action="store_true", help='send the voice, delayed to match the video, to the virtual microphone "Avatar microphone"')
+    sp.add_argument("--virtual-mic-device", default=None, metavar="OUTPUT", help="PortAudio output for the voice (default: VB-Cable or BlackHole)")
+    sp.add_argument("--record", type=Path, default=None, metavar="FILE.mp4", help="record what the camera and the virtual microphone emit")
+    sp.add_argument("--seconds", type=float, default=None, help="stop after this many seconds of video")
+    sp.add_argument("--stats", type=Path, default=None, metavar="FILE.json", help="write the final statistics here")
+    sp.add_argument("--fps", type=float, default=None)
+    sp.add_argument("--size", default=None, help="WxH, e.g. 640x480")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no status line")
+    sp.set_defaults(func=cmd_camera)
 
     sp = sub.add_parser("client", help="headless WebRTC client playing a WAV as its microphone")
     try:

@@ -28,3 +28,7 @@ class AvatarNotFound(AvatarError):
 
 class BackendError(AvatarError):
     """An inference backend cannot be loaded or run."""
+
+
+class DeviceError(AvatarError):
+    """A local device (microphone, virtual camera, virtual microphone) is missing, busy or gone."""

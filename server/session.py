@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,6 +35,7 @@ from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
 from server.render.base import Renderer
 from server.stage import Stage
+from server.stage.local import AudioFeed
 from server.stats import FpsMeter, RollingStats
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,7 @@ class Session:
         self._rescaling: asyncio.Task[None] | None = None
         self.channel: Any = None  # the `visemes` RTCDataChannel, if the client opened one
         self.tasks: set[asyncio.Task[Any]] = set()
-        self._audio: deque[tuple[av.AudioFrame, float]] = deque(maxlen=cfg.audio.queue_frames)
-        self._audio_ready = asyncio.Event()
-        self.audio_drops = 0
-        self.audio_frames = 0
+        self._audio = AudioFeed(cfg.audio.queue_frames)  # drained audio → the pipeline (drops the oldest)
         self.latency = RollingStats()
         self.fps = FpsMeter()
         self.created = time.monotonic()
@@ -262,33 +259,24 @@ class Session:
                 return
             if not isinstance(frame, av.AudioFrame):
                 continue
-            if len(self._audio) == self._audio.maxlen:
-                self.audio_drops += 1
             arrival = self.clock.now()
-            self._audio.append((frame, arrival))
-            self.audio_frames += 1
+            self._audio.put(frame, arrival)
             if self.stage is not None:
                 self.stage.audio_frame(frame, arrival)
-            self._audio_ready.set()
 
     async def _process_audio(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self.pipeline is not None
-        pipeline = self.pipeline
-        while True:
-            await self._audio_ready.wait()
-            self._audio_ready.clear()
-            while self._audio:
-                batch = list(self._audio)
-                self._audio.clear()
-                if len(batch) <= INLINE_AUDIO_FRAMES:
-                    # ~0.3 ms per 20 ms frame: cheaper here than a thread hand-off, and never
-                    # queued behind a frame render (the pipeline's mailbox makes this safe)
-                    frames = _push_batch(pipeline, batch)
-                else:  # catching up after a stall: keep the event loop free
-                    frames = await loop.run_in_executor(self.executor, _push_batch, pipeline, batch)
-                if frames:
-                    self._send_visemes(frames)
+        await self._audio.run(self.pipeline, self.executor, self._send_visemes)
+
+    @property
+    def audio_frames(self) -> int:
+        """Source audio frames received."""
+        return self._audio.frames
+
+    @property
+    def audio_drops(self) -> int:
+        """Source audio frames dropped because the pipeline fell behind."""
+        return self._audio.drops
 
     async def _produce(self, t: float) -> tuple[np.ndarray, list[float]]:
         assert self.pipeline is not None
@@ -449,12 +437,3 @@ def sessions_summary(sessions: list[Session], **extra: Any) -> dict[str, Any]:
         "loop_tasks": len(asyncio.all_tasks()),
     }
 
-
-INLINE_AUDIO_FRAMES = 3  # 20 ms audio frames processed on the event loop; larger batches go to the thread
-
-
-def _push_batch(pipeline: AvatarPipeline, batch: list[tuple[av.AudioFrame, float]]) -> list[VisemeFrame]:
-    out: list[VisemeFrame] = []
-    for frame, arrival in batch:
-        out.extend(pipeline.push_frame(frame, arrival))
-    return out
