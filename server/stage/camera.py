@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import platform
 import queue
 import signal
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 VMIC_SINK = "avatar_mic"
 VMIC_DESCRIPTION = "Avatar microphone"
 VMIC_LATENCY_MS = 30  # pacat's playback buffer, ms: the voice is delayed this much less
-VMIC_MAX_BUFFER_S = 0.5  # s of voice waiting for pacat before frames are dropped
+VMIC_MAX_BUFFER_S = 0.5  # s of voice a PortAudio cable's queue holds before frames are dropped
+VMIC_PIPE_FRAMES = 2  # 20 ms frames pacat's stdin pipe holds at most (the kernel rounds up to pages)
+VMIC_STARTUP_S = 3.0  # s after pacat starts during which dropped frames count as its start-up
 STATUS_TTY_S = 0.5  # s between status line updates on a terminal
 STATUS_LOG_S = 5.0  # s between status lines when stderr is not a terminal
 VIRTUAL_AUDIO_NAMES = ("CABLE Input", "VB-Audio", "BlackHole", "Loopback Audio", "Soundflower")
@@ -114,90 +117,105 @@ class VirtualCamera:
 
 class PulseVirtualMic:
     """The voice into a PulseAudio/PipeWire null sink :data:`VMIC_SINK` ("Avatar microphone");
-    call apps pick its monitor as their microphone. :meth:`load` (sync) creates the sink,
-    :meth:`start` starts ``pacat``, :meth:`stop` ends it, :meth:`unload` removes the sink."""
+    call apps pick its monitor as their microphone. :meth:`load` creates the sink and starts
+    ``pacat`` (early: a fresh null sink plays nothing for its first ~2 s), :meth:`write` hands
+    it frames without ever blocking, :meth:`unload` ends pacat and removes the sink."""
 
     def __init__(self, latency_ms: int = VMIC_LATENCY_MS) -> None:
         self.device = f"{VMIC_DESCRIPTION} (PulseAudio sink {VMIC_SINK}; microphone: Monitor of {VMIC_DESCRIPTION})"
         self.latency_s = latency_ms / 1000.0
         self._latency_ms = latency_ms
         self.module: int | None = None  # the null sink's module index, if we loaded it
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
+        self._started = 0.0  # time.monotonic() pacat started
         self.written = 0  # 20 ms frames handed to pacat
         self.dropped = 0  # frames dropped while pacat was behind
+        self.startup_dropped = 0  # frames dropped in pacat's first VMIC_STARTUP_S (a fresh sink plays nothing for ~2 s)
         self.lost: str | None = None
 
     def load(self) -> None:
-        """Create the null sink (reused, and left in place, if it already exists)."""
+        """Create the null sink (reused, and left in place, if it already exists); start pacat."""
         if not pulse_available():
             raise DeviceError("no PulseAudio/PipeWire server answers `pactl info`: the virtual microphone needs one "
                               "(`apt install pulseaudio-utils` and a running PulseAudio or PipeWire)")
         if VMIC_SINK in pulse_names("sinks"):
             log.warning("the PulseAudio sink %s already exists: using it (not removed on exit)", VMIC_SINK)
+        else:
+            out = subprocess.run(
+                ["pactl", "load-module", "module-null-sink", f"sink_name={VMIC_SINK}", f"rate={LIVE_RATE}", "channels=2",
+                 f"sink_properties='device.description=\"{VMIC_DESCRIPTION}\"'"],  # quoted twice: modargs, then proplist
+                capture_output=True, text=True, timeout=10.0, check=False,
+            )
+            if out.returncode != 0 or not out.stdout.strip().isdigit():
+                raise DeviceError(f"cannot create the virtual microphone sink {VMIC_SINK}: {(out.stderr or out.stdout).strip()}")
+            self.module = int(out.stdout.strip())
+        try:
+            self._proc = subprocess.Popen(
+                ["pacat", "--playback", "--raw", "--format=s16le", f"--rate={LIVE_RATE}", "--channels=2",
+                 f"--latency-msec={self._latency_ms}", f"--device={VMIC_SINK}", "--client-name=avatar-camera",
+                 "--stream-name=Avatar voice"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        except OSError as e:
+            self.unload()
+            raise DeviceError(f"cannot start pacat for the virtual microphone: {e}") from e
+        assert self._proc.stdin is not None
+        fd = self._fd = self._proc.stdin.fileno()
+        self._started = time.monotonic()
+        os.set_blocking(fd, False)
+        # A small pipe: what waits in it is heard that much later, so it holds two frames (the
+        # jitter of pacat's reads) and a frame that does not fit is dropped, never delayed.
+        # A one-frame write (3840 bytes < PIPE_BUF) is atomic: all of it or EAGAIN.
+        with contextlib.suppress(AttributeError, OSError):
+            import fcntl
+
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), VMIC_PIPE_FRAMES * LIVE_FRAME * 4)
+
+    async def start(self) -> None:
+        """Nothing more to start (pacat runs since :meth:`load`)."""
+
+    async def stop(self) -> None:
+        """Nothing to stop before :meth:`unload`."""
+
+    def write(self, samples: NDArray[np.int16], index: int) -> None:
+        """One 20 ms frame (960, 2) int16 of the delayed voice (a ProgramAudio PCM sink)."""
+        if self._fd is None or self._proc is None or self.lost is not None:
             return
-        out = subprocess.run(
-            ["pactl", "load-module", "module-null-sink", f"sink_name={VMIC_SINK}", f"rate={LIVE_RATE}", "channels=2",
-             f'sink_properties=device.description="{VMIC_DESCRIPTION}"'],
-            capture_output=True, text=True, timeout=10.0, check=False,
-        )
-        if out.returncode != 0 or not out.stdout.strip().isdigit():
-            raise DeviceError(f"cannot create the virtual microphone sink {VMIC_SINK}: {(out.stderr or out.stdout).strip()}")
-        self.module = int(out.stdout.strip())
+        try:
+            os.write(self._fd, np.ascontiguousarray(samples, np.int16).tobytes())
+            self.written += 1
+        except BlockingIOError:
+            if time.monotonic() - self._started < VMIC_STARTUP_S:
+                self.startup_dropped += 1
+            else:
+                self.dropped += 1
+        except OSError as e:  # BrokenPipeError: pacat is gone
+            self.lost = f"pacat stopped ({e}; status {self._proc.poll()})"
+            log.error("virtual microphone %s: %s", VMIC_SINK, self.lost)
 
     def unload(self) -> None:
-        """Remove the null sink if :meth:`load` created it (idempotent)."""
+        """End pacat (reaped) and remove the null sink if :meth:`load` created it (idempotent)."""
+        proc, self._proc, self._fd = self._proc, None, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         module, self.module = self.module, None
         if module is not None:
             out = subprocess.run(["pactl", "unload-module", str(module)], capture_output=True, text=True, timeout=10.0, check=False)
             if out.returncode != 0:
                 log.warning("could not unload the virtual microphone (module %d): %s", module, out.stderr.strip())
 
-    async def start(self) -> None:
-        """Start pacat writing raw 48 kHz stereo s16 into the sink."""
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                "pacat", "--playback", "--raw", "--format=s16le", f"--rate={LIVE_RATE}", "--channels=2",
-                f"--latency-msec={self._latency_ms}", f"--device={VMIC_SINK}", "--client-name=avatar-camera",
-                "--stream-name=Avatar voice",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as e:
-            raise DeviceError(f"cannot start pacat for the virtual microphone: {e}") from e
-
-    def write(self, samples: NDArray[np.int16], index: int) -> None:
-        """One 20 ms frame (960, 2) int16 of the delayed voice (a ProgramAudio PCM sink)."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or self.lost is not None:
-            return
-        if proc.returncode is not None or proc.stdin.is_closing():
-            self.lost = f"pacat exited with status {proc.returncode}"
-            log.error("virtual microphone %s stopped: %s", VMIC_SINK, self.lost)
-            return
-        if proc.stdin.transport.get_write_buffer_size() > VMIC_MAX_BUFFER_S * LIVE_RATE * 4:
-            self.dropped += 1
-            return
-        proc.stdin.write(np.ascontiguousarray(samples, np.int16).tobytes())
-        self.written += 1
-
-    async def stop(self) -> None:
-        """End pacat (what it holds plays out) and reap it."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 2.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
     def stats(self) -> dict[str, Any]:
         """JSON-able counters."""
-        return {"device": self.device, "written": self.written, "dropped": self.dropped, "lost": self.lost,
-                "latency_ms": self._latency_ms}
+        return {"device": self.device, "written": self.written, "dropped": self.dropped,
+                "startup_dropped": self.startup_dropped, "lost": self.lost, "latency_ms": self._latency_ms}
 
 
 class PortAudioVirtualMic:
@@ -411,6 +429,7 @@ class Keys:
         self._stream = stream
         self._saved: Any = None
         self._fd: int | None = None
+        self._started = 0.0  # time.monotonic() pacat started
 
     def start(self) -> bool:
         """Start listening; False when stdin is not a terminal (or on Windows)."""
@@ -526,8 +545,11 @@ class CameraRun:
             if self.rec is not None:
                 self.stage.add_voice_sink(self._record_voice)
             await self.stage.start()
-            if not self.opts.quiet and keys.start():
-                self.err.write(KEYS_HELP + "\n")
+            if not self.opts.quiet:
+                self.err.write("avatar camera: live (Ctrl-C to stop)\n")
+                if keys.start():
+                    self.err.write(KEYS_HELP + "\n")
+                self.err.flush()
             video = self._spawn(self._video(), "video")
             self._spawn(self._status(), "status")
             waits: set[asyncio.Future[Any]] = {video, asyncio.ensure_future(self.stop.wait())}

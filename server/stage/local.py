@@ -252,7 +252,9 @@ class PulseMic:
                     raise DeviceError(f"microphone {self.device!r} was disconnected: {why}") from e
                 except TimeoutError as e:
                     await self._stop()
-                    raise DeviceError(f"microphone {self.device!r} delivered no audio for {timeout:.0f} s (busy or unplugged?)") from e
+                    if self.delivered == 0:
+                        raise DeviceError(f"microphone {self.device!r} delivered no audio in {timeout:.0f} s (busy?)") from e
+                    raise DeviceError(f"microphone {self.device!r} was disconnected (no audio for {timeout:.0f} s)") from e
                 timeout = MIC_SILENT_TIMEOUT_S
                 self.delivered += 1
                 yield pcm_frame(np.frombuffer(data, np.int16).reshape(-1, 2))
@@ -326,7 +328,7 @@ class PortAudioMic:
                 try:
                     data = await asyncio.wait_for(q.get(), timeout)
                 except TimeoutError as e:
-                    raise DeviceError(f"microphone {self.device!r} delivered no audio for {timeout:.0f} s (unplugged?)") from e
+                    raise DeviceError(f"microphone {self.device!r} was disconnected (no audio for {timeout:.0f} s)") from e
                 timeout = MIC_SILENT_TIMEOUT_S
                 yield pcm_frame(np.frombuffer(data, np.int16).reshape(-1, 2))
         finally:
