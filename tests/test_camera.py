@@ -276,7 +276,7 @@ def test_fake_camera_gets_frames_on_the_clock_and_the_mouth_moves(fake_backend: 
     lat = stats["latency_ms"]["p50"] / 1000.0
     assert 0.0 < lat < 0.3, stats["latency_ms"]
     audio_t = t - t[0] + 0.02 - lat  # the first frame follows the file's first 20 ms frame
-    opens = np.array([mouth_openness(cv2.cvtColor(f.reshape(SIZE * 3 // 2, SIZE), cv2.COLOR_YUV2RGB_I420), "ava") for _, f in cam.frames])
+    opens = np.array([mouth_openness(np.asarray(cv2.cvtColor(f.reshape(SIZE * 3 // 2, SIZE), cv2.COLOR_YUV2RGB_I420), np.uint8), "ava") for _, f in cam.frames])
     speaking = speaking_at(speech_16k(speech_wav), audio_t)
     print(f"mouth: max {opens.max():.2f}, mean {opens[speaking].mean():.3f} speaking vs {opens[~speaking].mean():.3f} in pauses")
     assert speaking.sum() > 40 and (~speaking).sum() > 40
