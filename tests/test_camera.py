@@ -446,3 +446,96 @@ def test_sigint_stops_cleanly(pulse: NullAudio, speech_wav: Path, tmp_path: Path
     assert len(rec.video_t) >= 1.5 * FPS and len(rec.video_t) == stats["record"]["video_frames"], stats["record"]
     assert len(rec.audio) > 1.5 * rec.rate
     check_no_leftovers(pulse)
+
+
+# ------------------------------------------------------------------ live controls
+
+
+async def test_local_stage_switches_avatar_and_emotion_live(speech_wav: Path) -> None:
+    import asyncio
+
+    from server.clock import MonotonicClock
+    from server.config import load_config
+    from server.errors import AvatarNotFound
+    from server.pipeline.runner import load_models
+    from server.stage.local import FileMic, LocalStage
+
+    cfg = load_config(None, {"video": {"width": SIZE, "height": SIZE}})
+    clock = MonotonicClock()
+    stage = LocalStage(cfg, load_models(cfg), clock, FileMic(speech_wav, clock), "ava")
+    try:
+        await stage.start()
+        frames = stage.frames()
+        first, _ = await anext(frames)
+        assert first.shape == (SIZE * 3 // 2, SIZE)
+        await stage.set_avatar("leo")
+        await stage.set_emotion("happy")
+        with pytest.raises(ValueError, match="'giddy'"):
+            await stage.set_emotion("giddy")
+        with pytest.raises(AvatarNotFound, match="nobody"):
+            await stage.set_avatar("nobody")
+        for _ in range(45):
+            await anext(frames)
+        await frames.aclose()
+        stats = stage.stats()
+        assert stats["avatar"] == "leo" and stats["emotion"] == "happy"
+        assert stage.pipeline is not None and stage.pipeline.renderer is stage._renderers["leo"]
+        assert stats["frames"] == 46 and stats["mic"]["state"] == "live"
+        assert {"ava", "leo", "kofi", "mei"} <= set(stage.avatar_names())
+    finally:
+        await stage.close()
+    assert stage._tasks == set(), "tasks left after close"
+    assert [t for t in asyncio.all_tasks() if t.get_name().startswith("local-stage")] == []
+
+
+class StubStage:
+    """What CameraRun's key handler calls, recorded."""
+
+    def __init__(self) -> None:
+        self.avatar = "ava"
+        self.calls: list[tuple[str, str]] = []
+
+    def avatar_names(self) -> list[str]:
+        return ["ava", "leo", "fox"]
+
+    async def set_emotion(self, emotion: str) -> None:
+        self.calls.append(("emotion", emotion))
+
+    async def set_avatar(self, name: str) -> None:
+        self.calls.append(("avatar", name))
+        self.avatar = name
+
+
+async def test_keys_drive_emotions_avatars_and_quit() -> None:
+    import asyncio
+    import io
+
+    from server.clock import MonotonicClock
+    from server.stage.camera import CameraOptions, CameraRun
+
+    stage = StubStage()
+    run = CameraRun(CameraOptions(), stage, None, None, None, MonotonicClock(), io.StringIO())  # type: ignore[arg-type]
+    for key, want in (("2", ("emotion", "happy")), ("0", ("emotion", "auto")), ("a", ("avatar", "leo")),
+                      ("a", ("avatar", "fox")), ("a", ("avatar", "ava")), ("A", ("avatar", "fox"))):
+        run._on_key(key)
+        await asyncio.sleep(0.01)
+        assert stage.calls[-1] == want, (key, stage.calls)
+    run._on_key("9")  # not a key: nothing happens
+    await asyncio.sleep(0.01)
+    assert len(stage.calls) == 6
+    assert not run.stop.is_set()
+    run._on_key("q")
+    assert run.stop.is_set()
+
+
+def test_status_line_shows_fps_latency_and_mic_level() -> None:
+    from server.stage.camera import level_bar, status_line
+
+    stats = {"fps": 29.97, "latency_ms": {"p50": 61.4}, "voice_delay_ms": 31.0, "avatar": "mei", "emotion": "sad",
+             "mic": {"state": "live", "dbfs": -30.0}}
+    line = status_line(stats)
+    assert "30.0 fps" in line and "latency 61 ms" in line and "voice +31 ms" in line and "#####....." in line, line
+    assert "mei" in line and "sad" in line
+    stats["mic"] = {"state": "lost: microphone 'usb' was disconnected", "dbfs": -120.0}
+    assert "[lost: microphone 'usb' was disconnected]" in status_line(stats)
+    assert level_bar(0.0) == "#" * 10 and level_bar(-90.0) == "." * 10

@@ -24,7 +24,7 @@ import math
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -511,7 +511,7 @@ class LocalStage:
 
     # ---------------------------------------------------------------- video
 
-    async def frames(self) -> AsyncIterator[tuple[NDArray[np.uint8], float]]:
+    async def frames(self) -> AsyncGenerator[tuple[NDArray[np.uint8], float], None]:
         """(I420 planes (H * 3 / 2, W) uint8, clock time s it left the track), on the video clock."""
         assert self.track is not None, "start() first"
         while not self.closed:
