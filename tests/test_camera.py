@@ -401,6 +401,8 @@ def test_microphone_errors_name_the_device(pulse: NullAudio, speech_wav: Path) -
     assert "pactl info" in line, line
     line = error_line(run_camera_cli(["--mic-file", str(speech_wav) + ".missing", "--no-camera", "--virtual-mic"], env=env, timeout=60))
     assert ".missing" in line, line
+    line = error_line(run_camera_cli(["--mic-backend", "portaudio", "--mic", "Nonesuch USB", "--no-camera", "--virtual-mic"], env=env, timeout=60))
+    assert "no usable microphone 'Nonesuch USB'" in line, line  # PortAudio here sees no sound card
     check_no_leftovers(pulse)
 
 
@@ -539,3 +541,49 @@ def test_status_line_shows_fps_latency_and_mic_level() -> None:
     stats["mic"] = {"state": "lost: microphone 'usb' was disconnected", "dbfs": -120.0}
     assert "[lost: microphone 'usb' was disconnected]" in status_line(stats)
     assert level_bar(0.0) == "#" * 10 and level_bar(-90.0) == "." * 10
+
+
+def test_terminal_keys_switch_live_and_the_terminal_is_restored(speech_wav: Path, tmp_path: Path) -> None:
+    import pty
+    import select
+    import termios
+
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    stats_path = tmp_path / "stats.json"
+    proc = subprocess.Popen(camera_cmd("--mic-file", str(speech_wav), "--no-camera", "--record", str(tmp_path / "k.mp4"),
+                                       "--stats", str(stats_path)), cwd=ROOT, stdin=slave, stdout=slave, stderr=slave)
+    out = b""
+
+    def pump(seconds: float, until: bytes | None = None) -> None:
+        nonlocal out
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until and until in out):
+            if select.select([master], [], [], 0.05)[0]:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    return
+
+    try:
+        pump(60, b"keys: 1=neutral")
+        assert b"keys: 1=neutral" in out, out[-2000:]
+        os.write(master, b"2")
+        pump(1.5)
+        os.write(master, b"a")
+        pump(2.0)
+        assert b"| leo | happy" in out, out[-2000:]
+        os.write(master, b"q")
+        assert proc.wait(20) == 0, out[-3000:]
+        pump(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        after = termios.tcgetattr(slave)
+        os.close(master)
+        os.close(slave)
+    assert after == before, "the terminal was left in cbreak mode"
+    stats = json.loads(stats_path.read_text())
+    assert (stats["avatar"], stats["emotion"]) == ("leo", "happy")
+    assert b"Traceback" not in out
