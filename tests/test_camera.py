@@ -587,3 +587,28 @@ def test_terminal_keys_switch_live_and_the_terminal_is_restored(speech_wav: Path
     stats = json.loads(stats_path.read_text())
     assert (stats["avatar"], stats["emotion"]) == ("leo", "happy")
     assert b"Traceback" not in out
+
+
+def test_camera_lost_mid_call_names_it_and_closes_everything(fake_backend: type[FakeCam], speech_wav: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.cli import main
+
+    def broken_send(self: FakeCam, frame: NDArray[np.uint8]) -> None:
+        if len(self.frames) >= 40:
+            raise OSError(19, "No such device")
+        self.frames.append((time.monotonic(), frame.copy()))
+
+    monkeypatch.setattr(fake_backend, "send", broken_send)
+    threads_before = {t.ident for t in threading.enumerate()}
+    out = tmp_path / "call.mp4"
+    rc = main(["camera", "--mic-file", str(speech_wav), "--camera-backend", "fake", "--record", str(out), "--seconds", "5",
+               "--size", f"{SIZE}x{SIZE}", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "avatar: error: virtual camera /dev/fake0 failed" in err and "No such device" in err, err
+    assert fake_backend.instances[0].closed == 1
+    from server.stage.sync import read_recording
+
+    assert 38 <= len(read_recording(out, measure_mouth=False).video_t) <= 41, "the recording was not finished"
+    left = [th.name for th in threading.enumerate() if th.ident not in threads_before and th.is_alive()]
+    assert left == [], f"threads left running: {left}"

@@ -602,8 +602,10 @@ class CameraRun:
             self.emitted.append(t)
 
     def _record_voice(self, samples: NDArray[np.int16], index: int) -> None:
+        """The voice as the virtual microphone emits it: when written plus its buffer's latency."""
         if self.t0 is not None and self.rec is not None:
-            self.rec.audio(samples, self.clock.now() - self.t0)
+            out_latency = self.vmic.latency_s if self.vmic is not None else 0.0
+            self.rec.audio(samples, self.clock.now() + out_latency - self.t0)
 
     async def _status(self) -> None:
         every = STATUS_TTY_S if self._tty else STATUS_LOG_S
