@@ -11,6 +11,12 @@ Everything that shows the program is an *output* subscribed to the stage:
 - viewers over WHEP (:mod:`server.stage.viewer`): the watch page, the OBS page, any player;
 - a recording (:mod:`server.stage.record`).
 
+A *local* stage (:mod:`server.stage.local`, ``avatar camera``) has a microphone on this machine
+as its source and no network at all: its outputs (:mod:`server.stage.camera`) are a virtual
+camera on the video track's clock, a virtual microphone fed by the same delayed program audio
+(:class:`~server.stage.program.ProgramAudio` without Opus), and an MP4 recording stamped with
+emission times (read back by :mod:`server.stage.sync`).
+
 The program is encoded once per stage (:mod:`server.stage.program`): one VP8 encoder and one
 Opus encoder serve every viewer, whose packets reach each output through its own bounded,
 latest-only mailbox (:mod:`server.stage.outputs`), so a slow viewer drops its own frames and

@@ -403,7 +403,7 @@ class Recorder:
 
     def close(self) -> None:
         """Finish the file (blocks until the writer is done); MediaError if writing failed."""
-        if not self._thread.is_alive() and self._container is None:
+        if self._container is None:  # closed already
             return
         self._q.put(None)
         self._thread.join()
@@ -697,18 +697,21 @@ def run_camera(cfg: AppConfig, opts: CameraOptions, models_loader: Callable[[App
             err.flush()
         run = CameraRun(opts, stage, cam, vmic, rec, clock, err)
         t_start = time.monotonic()
-        try:
-            asyncio.run(run.run())
-        finally:
-            if rec is not None:
-                rec.close()
+        asyncio.run(run.run())
+        if rec is not None:
+            rec.close()  # raises MediaError if the file could not be written
         stats = run.stats()
         stats["wall_s"] = round(time.monotonic() - t_start, 2)
     finally:
-        if vmic is not None:
-            vmic.unload()
-        if cam is not None:
-            cam.close()
+        try:
+            if rec is not None:
+                with contextlib.suppress(MediaError):  # already closed, or failing with the error above
+                    rec.close()
+        finally:
+            if vmic is not None:
+                vmic.unload()
+            if cam is not None:
+                cam.close()
     if opts.stats is not None:
         opts.stats.write_text(json.dumps(stats, indent=1))
     if not opts.quiet:
