@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 REACTIONS = ("applause", "laugh", "heart", "surprise", "question")
 MAX_COMMENT_CHARS = 200
 BITRATE_POLL_S = 1.0  # s between looks at the viewers' REMB estimates
+GOP_REPLAY_S = 0.5  # s: a joining viewer starts at the last keyframe if it is at most this old
 
 
 class StageEnded(ProtocolError):
@@ -91,12 +92,15 @@ class Stage:
         )
         self.audio = ProgramAudio(clock, self._fan_audio, self._audio_delay_target, self._audio_delay_target() or 0.08)
         self.viewers: dict[str, Viewer] = {}
+        self._gop: list[av.Packet] = []  # the last keyframe and the frames after it
+        self._gop_t = 0.0  # clock time of that keyframe, s
         self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
         self._audio_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.created = time.monotonic()
         self.closed = False
         self.viewers_total = 0
+        self.gop_starts = 0  # viewers started from the last keyframe instead of a new one
         self.reactions: dict[str, int] = dict.fromkeys(REACTIONS, 0)
         self.comments = 0
         self.refused_events = 0
@@ -123,8 +127,25 @@ class Stage:
             self.audio.push(frame, arrival)
 
     def _fan_video(self, packet: av.Packet) -> None:
+        if packet.is_keyframe:
+            self._gop = [packet]
+            self._gop_t = self.clock.now()
+        elif self._gop and len(self._gop) < GOP_REPLAY_S * self.cfg.video.fps:
+            self._gop.append(packet)
+        else:
+            self._gop = []
         for v in self.viewers.values():
             v.video.put(packet)
+
+    def _viewer_connected(self, viewer: Viewer) -> None:
+        """Start a viewer's video at once from the last keyframe when it is recent (a joining
+        viewer sees the picture without waiting), else at the next one, asked for now."""
+        if self._gop and self.clock.now() - self._gop_t <= GOP_REPLAY_S:
+            viewer.video.open(list(self._gop))
+            self.gop_starts += 1
+        else:
+            viewer.video.open()
+            self.video.request_keyframe()
 
     def _fan_audio(self, packet: av.Packet) -> None:
         for v in self.viewers.values():
@@ -156,7 +177,7 @@ class Stage:
         if len(self.viewers) >= cap:
             raise ProtocolError("stage_full", f"the stage {self.id} already has its {cap} viewers", fatal=True)
         vid = secrets.token_urlsafe(9)
-        viewer = Viewer(vid, self.cfg.server.ice_servers, self.video.request_keyframe, self._reaction, self._gone)
+        viewer = Viewer(vid, self.cfg.server.ice_servers, self.video.request_keyframe, self._viewer_connected, self._reaction, self._gone)
         self.viewers[vid] = viewer
         try:
             answer = await viewer.answer(offer_sdp)
@@ -250,6 +271,7 @@ class Stage:
             "stage": self.id,
             "viewers": len(self.viewers),
             "viewers_total": self.viewers_total,
+            "gop_starts": self.gop_starts,
             "age_s": round(time.monotonic() - self.created, 1),
             "video": self.video.stats(),
             "audio": self.audio.stats() if self._audio_task is not None else None,

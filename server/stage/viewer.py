@@ -2,8 +2,8 @@
 
 The viewer's offer must ask to receive video (VP8) and may ask for audio (Opus). Its tracks
 are :class:`~server.stage.outputs.EncodedTrack` s over the viewer's own mailboxes; they are
-filled only once the connection is up, and its first video packet is a keyframe asked for at
-that moment. The viewer's PLI/FIR and REMB reach the shared encoder: aiortc's sender would
+filled only once the connection is up (``on_connected``: the stage then starts its video at a
+keyframe). The viewer's PLI/FIR and REMB reach the shared encoder: aiortc's sender would
 otherwise ignore them for pre-encoded packets.
 
 A data channel labelled ``stage`` (opened by the watch page) carries the stage's events to the
@@ -58,6 +58,7 @@ class Viewer:
         vid: str,
         ice_servers: tuple[IceServer, ...],
         want_keyframe: Callable[[], None],
+        on_connected: Callable[[Viewer], None],
         on_reaction: Callable[[Viewer, dict[str, Any]], None],
         on_gone: Callable[[Viewer], None],
     ) -> None:
@@ -74,6 +75,7 @@ class Viewer:
         self.connected_at: float | None = None
         self.closed = False
         self._senders: list[Any] = []
+        self._on_connected = on_connected
         self._on_reaction = on_reaction
         self._on_gone = on_gone
         self._tracks: list[EncodedTrack] = []
@@ -83,10 +85,9 @@ class Viewer:
             state = self.pc.connectionState
             if state == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
-                self.video.closed = False
-                self.video.waiting_for_key = True
-                self.audio.closed = not self.wants_audio
-                self._want_keyframe()
+                if self.wants_audio:
+                    self.audio.open()
+                self._on_connected(self)
             elif state in ("failed", "closed"):
                 self._on_gone(self)
 
