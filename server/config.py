@@ -142,6 +142,32 @@ class StageConfig:
         _check(30 <= self.min_bitrate_kbps <= 10_000, "stage.min_bitrate_kbps", self.min_bitrate_kbps, "in 30..10000 kbit/s")
 
 
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    """[publish]: send every stage's program once to an SFU (which fans it out)."""
+
+    janus_url: str = ""  # Janus HTTP API, e.g. "http://janus.example:8088/janus"; "" = off
+    room: int = 1234  # Janus VideoRoom room id (created when it does not exist)
+    room_secret: str = ""  # the room's secret, used when this server creates the room
+    room_pin: str = ""  # the room's PIN, when it has one
+    token: str = ""  # Janus token (token_auth), when Janus requires one
+    api_secret: str = ""  # Janus API secret, when Janus requires one
+    display: str = ""  # the publisher's display name in the room ("" = "avatar <stage id>")
+    whip_url: str = ""  # a WHIP endpoint (RFC 9725: LiveKit Ingress, Cloudflare, mediamtx, SRS); "" = off
+    whip_token: str = ""  # sent as "Authorization: Bearer <token>" to the WHIP endpoint
+
+    def __post_init__(self) -> None:
+        for key in ("janus_url", "whip_url"):
+            url = getattr(self, key)
+            _check(url == "" or url.startswith(("http://", "https://")), f"publish.{key}", url, 'an http(s):// URL or ""')
+        _check(isinstance(self.room, int) and 1 <= self.room < 2**53, "publish.room", self.room, "a positive integer")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any target is configured."""
+        return bool(self.janus_url or self.whip_url)
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "avatar-server"
@@ -164,6 +190,7 @@ class AppConfig:
     visemes: VisemeConfig = field(default_factory=VisemeConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     avatars: AvatarsConfig = field(default_factory=AvatarsConfig)
     animation: dict[str, Any] = field(default_factory=dict)  # → AnimationConfig(**animation)
     seed: int = 0  # seeds per-session animation randomness (session i uses seed + i)
@@ -200,6 +227,7 @@ _SECTIONS: dict[str, type] = {
     "visemes": VisemeConfig,
     "video": VideoConfig,
     "stage": StageConfig,
+    "publish": PublishConfig,
     "avatars": AvatarsConfig,
 }
 

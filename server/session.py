@@ -158,6 +158,8 @@ class Session:
             raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
         self.pc.addTrack(self.video)
         self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
+        if self.cfg.publish.enabled:
+            self.spawn(self.stage.publish(self.cfg.publish), "publish")
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.spawn(self._process_audio(), "process-audio")

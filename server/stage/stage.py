@@ -91,7 +91,8 @@ class Stage:
             key_min_gap_s=st.keyframe_min_gap_s,
         )
         self.audio = ProgramAudio(clock, self._fan_audio, self._audio_delay_target, self._audio_delay_target() or 0.08)
-        self.viewers: dict[str, Viewer] = {}
+        self.viewers: dict[str, Viewer] = {}  # WHEP viewers
+        self.publishers: dict[str, Any] = {}  # SFU / WHIP publications (server.stage.publish)
         self._gop: list[av.Packet] = []  # the last keyframe and the frames after it
         self._gop_t = 0.0  # clock time of that keyframe, s
         self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
@@ -117,7 +118,7 @@ class Stage:
 
     def video_frame(self, yuv: NDArray[np.uint8], index: int) -> None:
         """The source's frame ``index`` (I420 planes), just produced on the video clock."""
-        if self.closed or not any(not v.video.closed for v in self.viewers.values()):
+        if self.closed or not any(not v.video.closed for v in self.outputs()):
             return
         self.video.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
 
@@ -134,8 +135,25 @@ class Stage:
             self._gop.append(packet)
         else:
             self._gop = []
-        for v in self.viewers.values():
+        for v in self.outputs():
             v.video.put(packet)
+
+    def outputs(self) -> list[Viewer]:
+        """Every peer output: viewers and publications."""
+        return [*self.viewers.values(),
+                *(p.peer for p in self.publishers.values() if p.peer is not None and p.state in ("starting", "published"))]
+
+    async def publish(self, cfg: Any) -> None:
+        """Publish the program to the SFU / WHIP targets of ``cfg`` (``[publish]``)."""
+        from server.stage.publish import start_publications
+
+        await start_publications(self, cfg)
+        self._update_audio()
+
+    def peer_output(self, oid: str, role: str = "viewer") -> Viewer:
+        """A new peer output wired to this stage's encoders (not yet registered)."""
+        return Viewer(oid, self.cfg.server.ice_servers, self.video.request_keyframe, self._viewer_connected,
+                      self._reaction, self._gone, role=role)
 
     def _viewer_connected(self, viewer: Viewer) -> None:
         """Start a viewer's video at once from the last keyframe when it is recent (a joining
@@ -148,12 +166,12 @@ class Stage:
             self.video.request_keyframe()
 
     def _fan_audio(self, packet: av.Packet) -> None:
-        for v in self.viewers.values():
+        for v in self.outputs():
             v.audio.put(packet)
 
     def _update_audio(self) -> None:
         """Run the audio program only while some output takes audio."""
-        wanted = not self.closed and any(v.wants_audio for v in self.viewers.values())
+        wanted = not self.closed and any(v.wants_audio for v in self.outputs())
         if wanted and self._audio_task is None:
             self._audio_task = self._spawn(self.audio.run(), "program-audio")
         elif not wanted and self._audio_task is not None:
@@ -164,7 +182,7 @@ class Stage:
         """The encoder follows the most constrained connected viewer's REMB estimate."""
         while True:
             await asyncio.sleep(BITRATE_POLL_S)
-            rates = [r for v in self.viewers.values() if (r := v.remb_bitrate()) is not None]
+            rates = [r for v in self.outputs() if (r := v.remb_bitrate()) is not None]
             self.video.set_bitrate(min(rates) if rates else None)
 
     # ------------------------------------------------------------ viewers
@@ -177,7 +195,7 @@ class Stage:
         if len(self.viewers) >= cap:
             raise ProtocolError("stage_full", f"the stage {self.id} already has its {cap} viewers", fatal=True)
         vid = secrets.token_urlsafe(9)
-        viewer = Viewer(vid, self.cfg.server.ice_servers, self.video.request_keyframe, self._viewer_connected, self._reaction, self._gone)
+        viewer = self.peer_output(vid)
         self.viewers[vid] = viewer
         try:
             answer = await viewer.answer(offer_sdp)
@@ -255,7 +273,9 @@ class Stage:
         self.closed = True
         viewers = list(self.viewers.values())
         self.viewers.clear()
-        await asyncio.gather(*(v.close(reason) for v in viewers), return_exceptions=True)
+        publishers = list(self.publishers.values())
+        self.publishers.clear()
+        await asyncio.gather(*(v.close(reason) for v in viewers), *(p.stop() for p in publishers), return_exceptions=True)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for t in tasks:
@@ -279,4 +299,5 @@ class Stage:
             "reactions": dict(self.reactions),
             "comments": self.comments,
             "per_viewer": [v.stats() for v in self.viewers.values()],
+            "publish": [p.stats() for p in self.publishers.values()],
         }

@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 
 from server.config import IceServer
 from server.errors import ProtocolError
@@ -50,6 +56,15 @@ def check_offer(sdp: str) -> list[str]:
     return kinds
 
 
+def _prefer_vp8(pc: RTCPeerConnection) -> None:
+    """The video is VP8 packets: never let a negotiation pick another video codec."""
+    caps = RTCRtpSender.getCapabilities("video")
+    vp8 = [c for c in caps.codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
+    for t in pc.getTransceivers():
+        if t.kind == "video":
+            t.setCodecPreferences(vp8)
+
+
 class Viewer:
     """One subscribed viewer. ``await answer(offer)``, and always ``await close()``."""
 
@@ -61,8 +76,11 @@ class Viewer:
         on_connected: Callable[[Viewer], None],
         on_reaction: Callable[[Viewer, dict[str, Any]], None],
         on_gone: Callable[[Viewer], None],
+        *,
+        role: str = "viewer",
     ) -> None:
         self.id = vid
+        self.role = role  # "viewer" (answers a WHEP offer) or "publish" (offers to an SFU)
         ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self._want_keyframe = want_keyframe
@@ -130,9 +148,33 @@ class Viewer:
                 # aiortc ignores PLI/FIR for pre-encoded packets: route them to the shared encoder
                 sender._send_keyframe = self._want_keyframe  # type: ignore[method-assign]
                 self._senders.append(sender)
+        # (aiortc answers with its own codec order, VP8 first; check_offer made sure VP8 is there)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return str(self.pc.localDescription.sdp)
+
+    async def offer(self, *, audio: bool = True) -> str:
+        """Publishing: our offer (send-only VP8 video, Opus audio; all candidates included)."""
+        self.wants_audio = audio
+        video = EncodedTrack("video", self.video)
+        sender = self.pc.addTransceiver(video, direction="sendonly").sender
+        sender._send_keyframe = self._want_keyframe  # type: ignore[method-assign]
+        self._senders.append(sender)
+        self._tracks.append(video)
+        if audio:
+            track = EncodedTrack("audio", self.audio)
+            self.pc.addTransceiver(track, direction="sendonly")
+            self._tracks.append(track)
+        _prefer_vp8(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, answer_sdp: str) -> None:
+        """Publishing: apply the SFU's answer. Raises :class:`ProtocolError` (``bad_answer``)."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        except Exception as e:
+            raise ProtocolError("bad_answer", f"the SFU's SDP answer could not be applied: {type(e).__name__}") from e
 
     def remb_bitrate(self) -> int | None:
         """The receiver's latest REMB estimate, bit/s (None before the first one)."""
