@@ -29,7 +29,7 @@ from engines.spec import VISEMES
 from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
-from server.media import vp8
+from server.media import jitter, vp8
 from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
@@ -72,6 +72,7 @@ class Session:
         self._audio: deque[tuple[av.AudioFrame, float]] = deque(maxlen=cfg.audio.queue_frames)
         self._audio_ready = asyncio.Event()
         self.audio_drops = 0
+        self.jitter: jitter.ReceiveJitter | None = None  # the mic receiver's jitter buffer (server/media/jitter.py)
         self.audio_frames = 0
         self.latency = RollingStats()
         self.fps = FpsMeter()
@@ -152,6 +153,7 @@ class Session:
             self.pipeline = None
             self.video = None
             raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
+        self.jitter = jitter.install_audio(self.pc, self.cfg.audio.jitter, self.cfg.audio.jitter_max_ms)
         self.pc.addTrack(self.video)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
@@ -364,6 +366,7 @@ class Session:
             "adapt": {"downs": self.guard.downs, "ups": self.guard.ups, "late_ticks": self.guard.late_ticks},
             "audio_frames": self.audio_frames,
             "audio_drops": self.audio_drops,
+            "jitter": self.jitter.stats() if self.jitter is not None else None,
             "latency_ms": self.latency.summary(),
             "lookahead_ms": self.pipeline.lookahead_hops * 10 if self.pipeline else None,
             "tasks": len(self.tasks),
@@ -389,6 +392,8 @@ class Session:
             self._dc_timer = None
         if self.video is not None:
             self.video.stop()
+        if self.jitter is not None:
+            self.jitter.close()
         await self.pc.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.on_closed is not None:
