@@ -6,22 +6,25 @@ handed to the decoder only once four later packets have arrived, so every 20 ms 
 falls out of its 16-slot window (320 ms), and since it releases at most one frame per arriving
 packet the backlog it built then never drains.
 
-:class:`AdaptiveJitterBuffer` releases each packet as soon as it arrives in order and holds
-packets back only by a *target delay* estimated from what it measured, as WebRTC's NetEq does:
+:class:`AdaptiveJitterBuffer` releases each packet the moment it can be released in sequence
+order, and holds packets back only behind a gap, for at most a *target delay* estimated from
+what it measured (as WebRTC's NetEq sizes its buffer from measured delays). The consumer here
+is not a sound card but the viseme pipeline, which takes frames whenever they come: holding
+in-order packets would only add delay, so the one thing the buffer waits for is a missing
+packet that may still arrive out of order:
 
-* transit of packet *i*: ``arrival_i - ts_i / rate`` (s); *base*: the least transit in the last
-  ``WINDOW_S`` (the fastest path); *lateness* ``transit_i - base`` (>= 0);
-* RFC 3550 interarrival jitter ``J += (|D| - J) / 16`` over consecutive arrivals;
-* target = clamp(max(``K_JITTER`` · J, ``PEAK_HEADROOM`` · peak lateness), 0, ``max_delay_ms``), where the peak
-  lateness is held for ``PEAK_HOLD_S`` and then decays with half-life ``PEAK_HALF_LIFE_S``:
-  a jittery or reordering link raises the target at once, a clean one brings it back to 0;
-* packet *i* is due at ``ts_i / rate + base + target`` and is released in sequence order once
-  due (at once when target is 0 and it came in order);
-* a missing packet is given up at its due time, but only when a later packet is already
-  held (so a sender that pauses is not "concealed"): it is replaced by an Opus packet-loss
-  concealment frame (:func:`opus_plc_payload`: a TOC-only Opus packet, which libopus decodes
-  through PyAV by extrapolating the last frames; the decoded timeline stays continuous).
-  Gaps longer than ``MAX_CONCEAL`` packets are skipped instead (counted as lost);
+* RFC 3550 interarrival jitter ``J += (|D| - J) / 16``, D the change in transit
+  ``arrival - ts / rate`` between consecutive arrivals;
+* reorder delay of a packet: how long after a later packet it arrived; its peak is held for
+  ``PEAK_HOLD_S`` and then decays with half-life ``PEAK_HALF_LIFE_S``;
+* target = clamp(max(``K_JITTER`` · J, ``PEAK_HEADROOM`` · peak reorder delay), 0,
+  ``max_delay_ms``): a jittery or reordering link raises it at once, a clean one brings it
+  back to ~0;
+* a missing packet is given up ``target`` after the first later packet arrived (a sender
+  that pauses is never "concealed"): it is replaced by an Opus packet-loss concealment frame
+  (:func:`opus_plc_payload`: a TOC-only Opus packet, which libopus decodes through PyAV by
+  extrapolating the last frames, so the decoded timeline stays continuous). Gaps longer than
+  ``MAX_CONCEAL`` packets are skipped instead (counted as lost);
 * a packet arriving after its slot was concealed is *late* and dropped; one already held or
   released is a *duplicate* and ignored; 16-bit sequence numbers and 32-bit timestamps are
   unwrapped; a jump of more than ``MAX_JUMP`` packets restarts the buffer (a new stream);
@@ -39,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,11 +50,10 @@ from server.stats import RollingStats
 
 log = logging.getLogger(__name__)
 
-K_JITTER = 3.0  # target >= this many RFC 3550 jitters ...
-PEAK_HEADROOM = 1.25  # ... and >= this multiple of the peak lateness (a packet as late as the peak is in time)
+K_JITTER = 2.0  # target >= this many RFC 3550 jitters ...
+PEAK_HEADROOM = 1.25  # ... and >= this multiple of the peak reorder delay (one as late as the peak is in time)
 PEAK_HOLD_S = 2.0  # s the peak lateness the target follows is held ...
 PEAK_HALF_LIFE_S = 1.0  # s ... before it decays with this half-life
-WINDOW_S = 2.0  # s of arrivals over which the base (least) transit is taken
 MAX_CONCEAL = 10  # longest gap (packets) filled with concealment; longer ones are skipped
 MAX_JUMP = 1000  # sequence jump (packets, either way) treated as a new stream
 DEFAULT_CAPACITY = 32  # packets held at most (640 ms of 20 ms Opus)
@@ -111,7 +112,7 @@ def _unwrap(value: int, ref: int, bits: int) -> int:
 
 
 class AdaptiveJitterBuffer:
-    """The buffer, without I/O: :meth:`push` packets and :meth:`poll` at :meth:`next_due`.
+    """The buffer, without I/O: :meth:`push` packets, and :meth:`poll` at :meth:`next_due`.
 
     Times are seconds of one monotonic clock the caller passes in; ``clock_rate`` is RTP ticks
     per second (48000 for Opus); ``max_delay_ms`` bounds the target delay, ``capacity`` the
@@ -143,8 +144,7 @@ class AdaptiveJitterBuffer:
         self._last_ts = 0  # extended timestamp of the last released packet
         self._last_payload = b""
         self._frame_ticks = DEFAULT_FRAME_TICKS
-        self._concealed_seqs: deque[int] = deque(maxlen=64)
-        self._transits: deque[tuple[float, float]] = deque()  # (arrival, transit), increasing transit
+        self._concealed_at: dict[int, float] = {}  # recently concealed seq -> when its gap was seen (s)
         self._last_transit: float | None = None
         self._last_arrival_ts: int | None = None
         self.jitter_s = 0.0  # RFC 3550 interarrival jitter
@@ -170,31 +170,22 @@ class AdaptiveJitterBuffer:
         return self._target(now) * 1000.0
 
     def _peak(self, now: float) -> float:
-        """The peak lateness (s) held, then decaying, at ``now``."""
+        """The peak reorder delay (s) held, then decaying, at ``now``."""
         return self._peak_s * 0.5 ** (max(0.0, now - self._peak_at - PEAK_HOLD_S) / PEAK_HALF_LIFE_S)
 
     def _target(self, now: float) -> float:
         peak = self._peak(now)
         return min(self.max_delay_s, max(K_JITTER * self.jitter_s, PEAK_HEADROOM * peak))
 
-    def _base(self) -> float:
-        return self._transits[0][1] if self._transits else 0.0
-
-    def _measure(self, ts: int, now: float) -> None:
-        """Update base transit, RFC 3550 jitter and peak lateness with an arrival at ``now``."""
+    def _measure(self, ts: int, now: float, reorder_s: float | None) -> None:
+        """Update the RFC 3550 jitter with an arrival at ``now`` of timestamp ``ts``, and the
+        peak reorder delay with ``reorder_s`` (s this packet came after a later one), if any."""
         transit = now - (ts - self._ts0) / self.rate
-        q = self._transits
-        while q and q[-1][1] >= transit:
-            q.pop()
-        q.append((now, transit))
-        while q[0][0] < now - WINDOW_S:
-            q.popleft()
         if self._last_transit is not None and ts != self._last_arrival_ts:
             self.jitter_s += (abs(transit - self._last_transit) - self.jitter_s) / 16.0
         self._last_transit, self._last_arrival_ts = transit, ts
-        late = transit - self._base()
-        if late >= self._peak(now):
-            self._peak_s, self._peak_at = late, now
+        if reorder_s is not None and reorder_s >= self._peak(now):
+            self._peak_s, self._peak_at = reorder_s, now
         self.target_max_ms = max(self.target_max_ms, self.target_ms(now))
 
     # ------------------------------------------------------------------ input
@@ -213,14 +204,16 @@ class AdaptiveJitterBuffer:
             ext = self._hi
         assert self._next is not None
         self.received += 1
-        if ext in self._held or (ext < self._next and ext not in self._concealed_seqs):
+        if ext in self._held or (ext < self._next and ext not in self._concealed_at):
             self.duplicates += 1
             return out
         ts = _unwrap(timestamp & 0xFFFFFFFF, self._hi_ts, 32)
-        self._measure(ts, now)  # a late packet teaches the target most
-        if ext < self._next:  # its slot was concealed already
+        if ext < self._next:  # its slot was concealed already: late; it teaches the target most
+            self._measure(ts, now, now - self._concealed_at[ext])
             self.late += 1
             return out
+        later = [h.arrival for e, h in self._held.items() if e > ext]
+        self._measure(ts, now, now - min(later) if later else None)
         if ext > self._hi:
             if ext - self._hi == 1 and ts > self._hi_ts:
                 self._frame_ticks = ts - self._hi_ts
@@ -242,22 +235,18 @@ class AdaptiveJitterBuffer:
         self._next = self._hi = seq & 0xFFFF
         self._hi_ts = self._ts0 = self._last_ts = timestamp & 0xFFFFFFFF
         self._last_ts -= self._frame_ticks
-        self._transits.clear()
         self._last_transit = self._last_arrival_ts = None
 
     # ------------------------------------------------------------------ output
 
-    def _due(self, ts: int, now: float) -> float:
-        return (ts - self._ts0) / self.rate + self._base() + self._target(now)
-
     def next_due(self, now: float) -> float | None:
-        """Clock time (s) at which :meth:`poll` will release something, or None (waiting
-        for packets)."""
+        """Clock time (s) at which :meth:`poll` will give up waiting for the missing head
+        packet, or None (nothing held behind a gap)."""
         if self._next is None or not self._held:
             return None
-        head = self._held.get(self._next)
-        ts = head.ts if head is not None else self._last_ts + self._frame_ticks
-        return self._due(ts, now)
+        if self._next in self._held:
+            return now
+        return min(h.arrival for h in self._held.values()) + self._target(now)
 
     def poll(self, now: float) -> list[Release]:
         """The packets due at ``now`` (s), concealment for the missing ones, in order."""
@@ -273,9 +262,7 @@ class AdaptiveJitterBuffer:
         """Release (or conceal, or skip) the head packet if due (or ``force``)."""
         assert self._next is not None
         head = self._held.get(self._next)
-        if head is not None:
-            if not force and now < self._due(head.ts, now) - EPS_S:
-                return []
+        if head is not None:  # in order: at once
             del self._held[self._next]
             rel = Release(self._next, head.ts & 0xFFFFFFFF, head.payload, False, head.arrival, now)
             self._last_ts, self._last_payload = head.ts, head.payload
@@ -288,7 +275,8 @@ class AdaptiveJitterBuffer:
         if not self._held:
             return []
         ts = self._last_ts + self._frame_ticks
-        if not force and now < self._due(ts, now) - EPS_S:
+        due = self.next_due(now)
+        if not force and due is not None and now < due - EPS_S:
             return []
         gap = min(self._held) - self._next
         if gap > MAX_CONCEAL:  # a long gap: skip it, the decoder restarts from the next packet
@@ -299,7 +287,9 @@ class AdaptiveJitterBuffer:
             return self._step(now, force=True)
         self.lost += 1
         self.concealed += 1
-        self._concealed_seqs.append(self._next)
+        self._concealed_at[self._next] = min(h.arrival for h in self._held.values())  # when the gap was seen
+        while len(self._concealed_at) > 64:
+            del self._concealed_at[next(iter(self._concealed_at))]
         payload = self._conceal(self._last_payload, self._frame_ticks)
         rel = Release(self._next, ts & 0xFFFFFFFF, payload, True, None, now)
         self._last_ts = ts
