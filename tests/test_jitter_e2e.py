@@ -10,8 +10,6 @@ same relay must add (almost) no delay.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +18,8 @@ from typing import Any
 import pytest
 
 from server.client import ClientStats, load_audio
-from tests.server_proc import ServerProcess, get_json, model_args, wait_sessions
-from tests.udp_relay import Impairment, RelayClient, UdpRelay, single_host
+from tests.server_proc import ServerProcess, model_args, wait_sessions
+from tests.udp_relay import Impairment, UdpRelay, call_through_relay
 
 CLIENT_IP = "198.18.0.2"
 CALL_S = 8.0  # s of microphone sent
@@ -38,33 +36,10 @@ def server(netns: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 
 async def relayed_call(server: ServerProcess, wav: Path, imp: Impairment) -> tuple[ClientStats, list[dict[str, Any]], UdpRelay]:
-    """One call through a relay with ``imp``; returns the client's stats, the session's
-    stats sampled every 0.25 s while it ran, and the relay (its counts)."""
-    relay = UdpRelay(CLIENT_IP, imp)
-    await relay.start()
-    samples: list[dict[str, Any]] = []
-
-    async def sample() -> None:
-        while True:
-            sessions = (await get_json(server.url, "/stats"))["sessions"]
-            if sessions and sessions[0].get("jitter"):
-                samples.append(sessions[0])
-            await asyncio.sleep(0.25)
-
-    client = RelayClient(server.url, load_audio(wav), relay, duration=CALL_S)
-    sampler = asyncio.get_running_loop().create_task(sample())
-    try:
-        with single_host(CLIENT_IP):
-            await client.start()
-        await client.wait_done()
-    finally:
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
-        await client.close()
-        relay.close()
+    """One CALL_S call from CLIENT_IP through a relay with ``imp`` (see :func:`call_through_relay`)."""
+    st, samples, relay = await call_through_relay(server.url, load_audio(wav), imp, duration=CALL_S, client_ip=CLIENT_IP)
     assert await wait_sessions(server.url, 0) == 0
-    return client.stats, samples, relay
+    return st, samples, relay
 
 
 async def test_impaired_link_keeps_the_call_going_with_bounded_delay(server: ServerProcess, speech_wav: Path) -> None:

@@ -23,7 +23,8 @@ from typing import Any, cast
 
 import aioice.ice
 
-from server.client import AvatarClient
+from server.client import AvatarClient, ClientStats
+from tests.server_proc import get_json
 
 Addr = tuple[str, int]
 
@@ -218,3 +219,39 @@ def single_host(ip: str) -> Iterator[None]:
         yield
     finally:
         aioice.ice.get_host_addresses = original
+
+
+async def call_through_relay(
+    url: str, audio: Any, imp: Impairment, *, duration: float, client_ip: str, measure_mouth: bool = False
+) -> tuple[ClientStats, list[dict[str, Any]], UdpRelay]:
+    """One call to the server at ``url`` playing ``audio`` (int16 48 kHz samples) for
+    ``duration`` s from ``client_ip`` through a relay with ``imp``. Returns the client's
+    stats, the session's ``/stats`` entry sampled every 0.25 s while the call ran (those
+    with a ``jitter`` entry), and the relay (with its counts)."""
+    from server.client import load_mouth_measure
+
+    relay = UdpRelay(client_ip, imp)
+    await relay.start()
+    samples: list[dict[str, Any]] = []
+
+    async def sample() -> None:
+        while True:
+            sessions = (await get_json(url, "/stats"))["sessions"]
+            if sessions and sessions[0].get("jitter"):
+                samples.append(sessions[0])
+            await asyncio.sleep(0.25)
+
+    mouth = load_mouth_measure() if measure_mouth else None
+    client = RelayClient(url, audio, relay, duration=duration, measure_mouth=mouth)
+    sampler = asyncio.get_running_loop().create_task(sample())
+    try:
+        with single_host(client_ip):
+            await client.start()
+        await client.wait_done()
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        await client.close()
+        relay.close()
+    return client.stats, samples, relay
