@@ -40,7 +40,6 @@ It is idempotent per receiver.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,16 +47,14 @@ from typing import Any, Protocol
 
 from server.stats import RollingStats
 
-log = logging.getLogger(__name__)
-
 K_JITTER = 2.0  # target >= this many RFC 3550 jitters ...
 PEAK_HEADROOM = 1.25  # ... and >= this multiple of the peak reorder delay (one as late as the peak is in time)
-PEAK_HOLD_S = 2.0  # s the peak lateness the target follows is held ...
+PEAK_HOLD_S = 2.0  # s the peak reorder delay the target follows is held ...
 PEAK_HALF_LIFE_S = 1.0  # s ... before it decays with this half-life
 MAX_CONCEAL = 10  # longest gap (packets) filled with concealment; longer ones are skipped
 MAX_JUMP = 1000  # sequence jump (packets, either way) treated as a new stream
 DEFAULT_CAPACITY = 32  # packets held at most (640 ms of 20 ms Opus)
-DEFAULT_MAX_DELAY_MS = 100.0
+DEFAULT_MAX_DELAY_MS = 100.0  # ms, ceiling on the target ([audio] jitter_max_ms)
 DEFAULT_FRAME_TICKS = 960  # RTP ticks per packet until measured (20 ms at 48 kHz)
 EPS_S = 1e-9
 
@@ -150,7 +147,6 @@ class AdaptiveJitterBuffer:
         self.jitter_s = 0.0  # RFC 3550 interarrival jitter
         self._peak_s = 0.0
         self._peak_at = 0.0
-        self._target_s = 0.0
         self.delay_ms = RollingStats(500)  # arrival -> release of the packets released
         self.max_delay_seen_ms = 0.0
         self.target_max_ms = 0.0  # the largest target so far
