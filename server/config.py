@@ -69,9 +69,13 @@ class AudioConfig:
     """[audio]: ingestion."""
 
     queue_frames: int = 25  # incoming 20 ms frames buffered before the oldest are dropped (500 ms)
+    jitter: str = "adaptive"  # receive jitter buffer: "adaptive" (server/media/jitter.py) or "aiortc" (fixed 80 ms)
+    jitter_max_ms: float = 100.0  # ms, ceiling on the adaptive buffer's target delay
 
     def __post_init__(self) -> None:
         _check(2 <= self.queue_frames <= 500, "audio.queue_frames", self.queue_frames, "in 2..500")
+        _check(self.jitter in ("adaptive", "aiortc"), "audio.jitter", self.jitter, '"adaptive" or "aiortc"')
+        _check(isinstance(self.jitter_max_ms, int | float) and 0 <= self.jitter_max_ms <= 1000, "audio.jitter_max_ms", self.jitter_max_ms, "in 0..1000 ms")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from engines.spec import VISEMES
 from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
-from server.media import vp8
+from server.media import jitter, vp8
 from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
@@ -76,6 +76,7 @@ class Session:
         self._audio: deque[tuple[av.AudioFrame, float]] = deque(maxlen=cfg.audio.queue_frames)
         self._audio_ready = asyncio.Event()
         self.audio_drops = 0
+        self.jitter: jitter.ReceiveJitter | None = None  # the mic receiver's jitter buffer (server/media/jitter.py)
         self.audio_frames = 0
         self.latency = RollingStats()
         self.fps = FpsMeter()
@@ -156,6 +157,7 @@ class Session:
             self.pipeline = None
             self.video = None
             raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
+        self.jitter = jitter.install_audio(self.pc, self.cfg.audio.jitter, self.cfg.audio.jitter_max_ms)
         self.pc.addTrack(self.video)
         self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
         if self.cfg.publish.enabled:
@@ -404,6 +406,7 @@ class Session:
             "adapt": {"downs": self.guard.downs, "ups": self.guard.ups, "late_ticks": self.guard.late_ticks},
             "audio_frames": self.audio_frames,
             "audio_drops": self.audio_drops,
+            "jitter": self.jitter.stats() if self.jitter is not None else None,
             "latency_ms": self.latency.summary(),
             "lookahead_ms": self.pipeline.lookahead_hops * 10 if self.pipeline else None,
             "tasks": len(self.tasks),
@@ -434,6 +437,8 @@ class Session:
             await self.stage.close("the speaker has left: the stage has ended")
         if self.video is not None:
             self.video.stop()
+        if self.jitter is not None:
+            self.jitter.close()
         await self.pc.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.on_closed is not None:
