@@ -9,8 +9,18 @@ PY=${PY:-python3}
 PIP_VERSION=${PIP_VERSION:-26.3}
 UV_VERSION=${UV_VERSION:-0.13.9}
 NO_DEPS="silero-vad==6.2.3 mediapipe==0.10.21"  # the Makefile's --no-deps pair, now locked
-# where pip finds torch's CPU build and this machine's wheels (pip's own config on this machine)
-UV_SOURCES=${UV_SOURCES:---find-links /opt/wheels --extra-index-url file:///opt/pypi/simple}
+# uv is handed the extra places pip's own config names (find-links folders, extra indexes; where
+# this machine keeps torch's CPU build), or UV_SOURCES, e.g.
+#   UV_SOURCES='--extra-index-url https://download.pytorch.org/whl/cpu' make lock
+pip_sources() {
+  local v
+  for v in $("$PY" -m pip config get global.find-links 2>/dev/null); do printf -- '--find-links %s ' "$v"; done
+  for v in $("$PY" -m pip config get global.extra-index-url 2>/dev/null); do
+    case $v in file://*) [ -d "${v#file://}" ] || continue;; esac  # a folder that is not there
+    printf -- '--extra-index-url %s ' "$v"
+  done
+}
+UV_SOURCES=${UV_SOURCES:-$(pip_sources)}
 work=$(mktemp -d /tmp/avatar-lock.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 "$PY" -m venv "$work/venv"
