@@ -58,27 +58,29 @@ def audio_duration(path: Path) -> float:
 
 
 def live_frames(path: Path) -> Iterator[av.AudioFrame]:
-    """Decode any audio file into 20 ms 48 kHz stereo s16 frames (the last one zero-padded)."""
+    """Decode any audio file into 20 ms frames of 48 kHz stereo s16, (1, 2 * 960) interleaved.
+
+    Every decoded sample comes out, in order; only the final partial frame is zero-padded to
+    960 samples. A file with no samples yields no frames.
+    """
     container = _open(path)
     try:
         resampler = av.AudioResampler(format="s16", layout="stereo", rate=LIVE_RATE)
         fifo = av.AudioFifo()
         try:
-            decoded = container.decode(audio=0)
-            for frame in decoded:
+            for frame in container.decode(audio=0):
                 frame.pts = None
                 for out in resampler.resample(frame):
                     fifo.write(out)
-                while fifo.samples >= LIVE_FRAME:
-                    chunk = fifo.read(LIVE_FRAME)
-                    assert chunk is not None
-                    yield _plain(chunk)
+                yield from _whole_frames(fifo)
+            # the resampler's flush can hand back more than one frame's worth (its delay)
+            for out in resampler.resample(None):
+                fifo.write(out)
         except av.error.FFmpegError as e:
             raise MediaError(f"cannot decode audio file {path}: {e}") from e
-        for out in resampler.resample(None):
-            fifo.write(out)
+        yield from _whole_frames(fifo)
         rest = fifo.samples
-        if rest:
+        if rest:  # 0 < rest < LIVE_FRAME
             last = fifo.read(rest)
             assert last is not None
             tail = last.to_ndarray()  # (1, 2 * rest) interleaved s16
@@ -87,6 +89,14 @@ def live_frames(path: Path) -> Iterator[av.AudioFrame]:
             yield _plain(av.AudioFrame.from_ndarray(pad, format="s16", layout="stereo"))
     finally:
         container.close()
+
+
+def _whole_frames(fifo: av.AudioFifo) -> Iterator[av.AudioFrame]:
+    """Read every whole 960-sample frame the FIFO holds (leaves fewer than 960 samples)."""
+    while fifo.samples >= LIVE_FRAME:
+        chunk = fifo.read(LIVE_FRAME)
+        assert chunk is not None
+        yield _plain(chunk)
 
 
 def _plain(frame: av.AudioFrame) -> av.AudioFrame:
@@ -347,7 +357,11 @@ class Mp4Writer:
 
 
 def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, avatar: str | None, progress: bool = True) -> OfflineResult:
-    """``avatar render``: audio file → MP4 with the avatar video and the original audio."""
+    """``avatar render``: audio file → MP4 with the avatar video and the original audio.
+
+    The video runs for the decoded audio (whole 20 ms frames) plus ``TAIL_S``; a file with no
+    samples gives just that tail of resting mouth, with no audio track.
+    """
     from tqdm import tqdm
 
     total = audio_duration(path)
