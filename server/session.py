@@ -32,7 +32,7 @@ from server.errors import AvatarError, ProtocolError
 from server.media import jitter, vp8
 from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
-from server.pipeline.runner import AvatarPipeline, SharedModels
+from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
 from server.pipeline.types import VisemeFrame
 from server.render.base import Renderer
 from server.stage import Stage
@@ -70,6 +70,8 @@ class Session:
         self.scale = 1.0  # the scale the pipeline's renderer draws at now
         self.scaled_frames = 0  # frames sent at a reduced scale
         self._renderers: dict[tuple[str, int, int], Renderer] = {}  # the current avatar's, per size (worker thread only)
+        self._matte_renderer: Renderer | None = None  # draws without background, for alpha outputs (worker thread)
+        self._matte_key: tuple[str, int, int] | None = None
         self._rescaling: asyncio.Task[None] | None = None
         self.channel: Any = None  # the `visemes` RTCDataChannel, if the client opened one
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -297,12 +299,31 @@ class Session:
     async def _produce(self, t: float) -> tuple[np.ndarray, list[float]]:
         assert self.pipeline is not None
         loop = asyncio.get_running_loop()
-        yuv, sources, _ = await loop.run_in_executor(self.executor, self.pipeline.produce, t)
+        alpha = self.stage is not None and self.stage.wants_alpha
+        yuv, sources, matte = await loop.run_in_executor(self.executor, self._produce_sync, t, alpha)
         if self.scale < 1.0:
             self.scaled_frames += 1
         if self.stage is not None:  # the same frame, for the stage's viewers (encoded once)
-            self.stage.video_frame(yuv, int(round(t * self.cfg.video.fps)))
+            index = int(round(t * self.cfg.video.fps))
+            self.stage.video_frame(yuv, index)
+            if matte is not None:
+                self.stage.alpha_frame(matte, index)
         return yuv, sources
+
+    def _produce_sync(self, t: float, alpha: bool) -> tuple[np.ndarray, list[float], np.ndarray | None]:
+        """(worker thread) The frame at stream time ``t``; with ``alpha`` also the same state
+        drawn without background, packed colour | matte side by side (I420, twice the width)."""
+        assert self.pipeline is not None
+        yuv, sources, state = self.pipeline.produce(t)
+        if not alpha or self.avatar is None:
+            return yuv, sources, None
+        w, h = self.pipeline.renderer.size
+        key = (self.avatar, w, h)
+        renderer = self._matte_renderer if self._matte_key == key else None
+        if renderer is None:
+            renderer = self.models.registry.create(self.avatar, (w, h), transparent=True)
+            self._matte_renderer, self._matte_key = renderer, key
+        return yuv, sources, rgba_to_i420(pack_matte(renderer.render(state)))
 
     def _video_latency_s(self) -> float | None:
         """Median source audio in → frame out latency so far, s (None before any)."""
@@ -322,7 +343,7 @@ class Session:
         if stage is None or self.closed:
             raise ProtocolError("stage_not_live", f"the stage {self.stage_id} has not started yet: the speaker has not started the call")
         if action == "whep_offer":
-            vid, sdp = await stage.add_viewer(str(data.get("sdp", "")))
+            vid, sdp = await stage.add_viewer(str(data.get("sdp", "")), alpha=bool(data.get("alpha")))
             return {"viewer": vid, "sdp": sdp}
         if action == "whep_delete":
             if not await stage.remove_viewer(str(data.get("viewer", ""))):
@@ -455,6 +476,17 @@ def sessions_summary(sessions: list[Session], **extra: Any) -> dict[str, Any]:
         "tasks": sum(len(s.tasks) for s in sessions),
         "loop_tasks": len(asyncio.all_tasks()),
     }
+
+
+def pack_matte(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) premultiplied RGBA → (H, 2W, 4) opaque: the colour on the left, the alpha as
+    grey on the right (WebRTC carries no alpha; the OBS page puts it back together)."""
+    h, w = rgba.shape[:2]
+    out = np.empty((h, 2 * w, 4), np.uint8)
+    out[:, :w, :3] = rgba[..., :3]
+    out[:, w:, 0] = out[:, w:, 1] = out[:, w:, 2] = rgba[..., 3]
+    out[..., 3] = 255
+    return out
 
 
 INLINE_AUDIO_FRAMES = 3  # 20 ms audio frames processed on the event loop; larger batches go to the thread

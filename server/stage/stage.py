@@ -62,6 +62,59 @@ class _Bucket:
 AudienceHook = Callable[[dict[str, Any]], None]
 
 
+class VideoFeed:
+    """One encoded variant of the program's video (plain, or colour + alpha matte side by side)
+    with the last keyframe and the frames after it, for viewers that join."""
+
+    def __init__(self, stage: Stage, alpha: bool) -> None:
+        st, video = stage.cfg.stage, stage.cfg.video
+        self.stage = stage
+        self.alpha = alpha
+        width_factor = 2 if alpha else 1  # the matte doubles the picture
+        self.encoder = ProgramVideoEncoder(
+            asyncio.get_running_loop(),
+            self._fan,
+            fps=video.fps,
+            cpu_used=video.vp8_cpu_used,
+            max_bitrate=video.max_bitrate_kbps * 1000 * width_factor,
+            min_bitrate=st.min_bitrate_kbps * 1000 * width_factor,
+            key_interval_s=st.keyframe_interval_s,
+            key_min_gap_s=st.keyframe_min_gap_s,
+        )
+        self.gop: list[av.Packet] = []  # the last keyframe and the frames after it
+        self.gop_t = 0.0  # clock time of that keyframe, s
+        self.gop_starts = 0  # viewers started from ``gop`` instead of a new keyframe
+
+    def outputs(self) -> list[Viewer]:
+        """The peer outputs that take this variant."""
+        return [v for v in self.stage.outputs() if v.alpha == self.alpha]
+
+    def wanted(self) -> bool:
+        """Whether any output takes this variant now."""
+        return any(not v.video.closed for v in self.outputs())
+
+    def _fan(self, packet: av.Packet) -> None:
+        if packet.is_keyframe:
+            self.gop = [packet]
+            self.gop_t = self.stage.clock.now()
+        elif self.gop and len(self.gop) < GOP_REPLAY_S * self.stage.cfg.video.fps:
+            self.gop.append(packet)
+        else:
+            self.gop = []
+        for v in self.outputs():
+            v.video.put(packet)
+
+    def start(self, viewer: Viewer) -> None:
+        """Start a viewer's video at once from the last keyframe when it is recent (a joining
+        viewer sees the picture without waiting), else at the next one, asked for now."""
+        if self.gop and self.stage.clock.now() - self.gop_t <= GOP_REPLAY_S:
+            viewer.video.open(list(self.gop))
+            self.gop_starts += 1
+        else:
+            viewer.video.open()
+            self.encoder.request_keyframe()
+
+
 class Stage:
     """One stage. ``video_latency_s()``: how late (s) the source's video shows its audio."""
 
@@ -78,30 +131,18 @@ class Stage:
         self.clock = clock
         self._video_latency_s = video_latency_s
         self.on_audience = on_audience
-        loop = asyncio.get_running_loop()
-        st = cfg.stage
-        self.video = ProgramVideoEncoder(
-            loop,
-            self._fan_video,
-            fps=cfg.video.fps,
-            cpu_used=cfg.video.vp8_cpu_used,
-            max_bitrate=cfg.video.max_bitrate_kbps * 1000,
-            min_bitrate=st.min_bitrate_kbps * 1000,
-            key_interval_s=st.keyframe_interval_s,
-            key_min_gap_s=st.keyframe_min_gap_s,
-        )
+        self.feed = VideoFeed(self, alpha=False)
+        self.video = self.feed.encoder
+        self.alpha_feed: VideoFeed | None = None  # made when the first output asks for the matte
         self.audio = ProgramAudio(clock, self._fan_audio, self._audio_delay_target, self._audio_delay_target() or 0.08)
         self.viewers: dict[str, Viewer] = {}  # WHEP viewers
         self.publishers: dict[str, Any] = {}  # SFU / WHIP publications (server.stage.publish)
-        self._gop: list[av.Packet] = []  # the last keyframe and the frames after it
-        self._gop_t = 0.0  # clock time of that keyframe, s
         self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
         self._audio_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.created = time.monotonic()
         self.closed = False
         self.viewers_total = 0
-        self.gop_starts = 0  # viewers started from the last keyframe instead of a new one
         self.reactions: dict[str, int] = dict.fromkeys(REACTIONS, 0)
         self.comments = 0
         self.refused_events = 0
@@ -118,25 +159,24 @@ class Stage:
 
     def video_frame(self, yuv: NDArray[np.uint8], index: int) -> None:
         """The source's frame ``index`` (I420 planes), just produced on the video clock."""
-        if self.closed or not any(not v.video.closed for v in self.outputs()):
-            return
-        self.video.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
+        if not self.closed and self.feed.wanted():
+            self.video.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
+
+    @property
+    def wants_alpha(self) -> bool:
+        """Whether an output takes the alpha-matte variant (the source then renders it)."""
+        return not self.closed and self.alpha_feed is not None and self.alpha_feed.wanted()
+
+    def alpha_frame(self, yuv: NDArray[np.uint8], index: int) -> None:
+        """Frame ``index`` as colour | matte side by side (I420 planes, twice the width)."""
+        if self.wants_alpha:
+            assert self.alpha_feed is not None
+            self.alpha_feed.encoder.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
 
     def audio_frame(self, frame: av.AudioFrame, arrival: float) -> None:
         """One source audio frame (48 kHz stereo s16) that arrived at ``arrival`` (clock s)."""
         if self._audio_task is not None:
             self.audio.push(frame, arrival)
-
-    def _fan_video(self, packet: av.Packet) -> None:
-        if packet.is_keyframe:
-            self._gop = [packet]
-            self._gop_t = self.clock.now()
-        elif self._gop and len(self._gop) < GOP_REPLAY_S * self.cfg.video.fps:
-            self._gop.append(packet)
-        else:
-            self._gop = []
-        for v in self.outputs():
-            v.video.put(packet)
 
     def outputs(self) -> list[Viewer]:
         """Every peer output: viewers and publications."""
@@ -150,20 +190,20 @@ class Stage:
         await start_publications(self, cfg)
         self._update_audio()
 
-    def peer_output(self, oid: str, role: str = "viewer") -> Viewer:
-        """A new peer output wired to this stage's encoders (not yet registered)."""
-        return Viewer(oid, self.cfg.server.ice_servers, self.video.request_keyframe, self._viewer_connected,
-                      self._reaction, self._gone, role=role)
+    def peer_output(self, oid: str, role: str = "viewer", *, alpha: bool = False) -> Viewer:
+        """A new peer output wired to this stage's encoders (not yet registered); ``alpha``:
+        it takes the colour + matte variant (made on first use)."""
+        if alpha and self.alpha_feed is None:
+            self.alpha_feed = VideoFeed(self, alpha=True)
+        feed = self.alpha_feed if alpha and self.alpha_feed is not None else self.feed
+        viewer = Viewer(oid, self.cfg.server.ice_servers, feed.encoder.request_keyframe, self._viewer_connected,
+                        self._reaction, self._gone, role=role)
+        viewer.alpha = alpha
+        return viewer
 
     def _viewer_connected(self, viewer: Viewer) -> None:
-        """Start a viewer's video at once from the last keyframe when it is recent (a joining
-        viewer sees the picture without waiting), else at the next one, asked for now."""
-        if self._gop and self.clock.now() - self._gop_t <= GOP_REPLAY_S:
-            viewer.video.open(list(self._gop))
-            self.gop_starts += 1
-        else:
-            viewer.video.open()
-            self.video.request_keyframe()
+        feed = self.alpha_feed if viewer.alpha and self.alpha_feed is not None else self.feed
+        feed.start(viewer)
 
     def _fan_audio(self, packet: av.Packet) -> None:
         for v in self.outputs():
@@ -182,20 +222,23 @@ class Stage:
         """The encoder follows the most constrained connected viewer's REMB estimate."""
         while True:
             await asyncio.sleep(BITRATE_POLL_S)
-            rates = [r for v in self.outputs() if (r := v.remb_bitrate()) is not None]
-            self.video.set_bitrate(min(rates) if rates else None)
+            for feed in (self.feed, self.alpha_feed):
+                if feed is not None:
+                    rates = [r for v in feed.outputs() if (r := v.remb_bitrate()) is not None]
+                    feed.encoder.set_bitrate(min(rates) if rates else None)
 
     # ------------------------------------------------------------ viewers
 
-    async def add_viewer(self, offer_sdp: str) -> tuple[str, str]:
-        """A viewer's WHEP offer → (viewer id, answer SDP). Raises :class:`ProtocolError`."""
+    async def add_viewer(self, offer_sdp: str, *, alpha: bool = False) -> tuple[str, str]:
+        """A viewer's WHEP offer → (viewer id, answer SDP); ``alpha``: the colour + matte
+        variant (the OBS page). Raises :class:`ProtocolError`."""
         if self.closed:
             raise StageEnded(self.id)
         cap = self.cfg.stage.max_viewers
         if len(self.viewers) >= cap:
             raise ProtocolError("stage_full", f"the stage {self.id} already has its {cap} viewers", fatal=True)
         vid = secrets.token_urlsafe(9)
-        viewer = self.peer_output(vid)
+        viewer = self.peer_output(vid, alpha=alpha)
         self.viewers[vid] = viewer
         try:
             answer = await viewer.answer(offer_sdp)
@@ -284,6 +327,8 @@ class Stage:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._audio_task = None
         self.video.close()
+        if self.alpha_feed is not None:
+            self.alpha_feed.encoder.close()
 
     def stats(self) -> dict[str, Any]:
         """JSON-able stage statistics."""
@@ -291,9 +336,10 @@ class Stage:
             "stage": self.id,
             "viewers": len(self.viewers),
             "viewers_total": self.viewers_total,
-            "gop_starts": self.gop_starts,
+            "gop_starts": self.feed.gop_starts + (self.alpha_feed.gop_starts if self.alpha_feed else 0),
             "age_s": round(time.monotonic() - self.created, 1),
             "video": self.video.stats(),
+            "alpha_video": self.alpha_feed.encoder.stats() if self.alpha_feed is not None else None,
             "audio": self.audio.stats() if self._audio_task is not None else None,
             "audio_delay_ms": round(self.audio.delay_s * 1000.0, 1),
             "reactions": dict(self.reactions),

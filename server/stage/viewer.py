@@ -81,6 +81,7 @@ class Viewer:
     ) -> None:
         self.id = vid
         self.role = role  # "viewer" (answers a WHEP offer) or "publish" (offers to an SFU)
+        self.alpha = False  # takes the colour + alpha matte variant (set by the stage)
         ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self._want_keyframe = want_keyframe
@@ -214,4 +215,5 @@ class Viewer:
             "video_dropped": self.video.dropped,
             "audio_sent": self.audio.delivered,
             "audio": self.wants_audio,
+            "alpha": self.alpha,
         }
