@@ -331,8 +331,15 @@ class Session:
         return None if p50 is None else p50 / 1000.0
 
     def _on_audience(self, event: dict[str, Any]) -> None:
-        """A viewer's reaction or comment: shown on the speaker's page."""
+        """A viewer's reaction or comment: shown on the speaker's page; a reaction also moves
+        the avatar's face (``[animation] audience_reactions``)."""
         async def send() -> None:
+            pipeline = self.pipeline
+            if event.get("type") == "reaction" and pipeline is not None and self.video is not None:
+                t = self.video.frames / self.cfg.video.fps
+                # in the session's worker thread, which owns the animator
+                moved = await asyncio.get_running_loop().run_in_executor(self.executor, pipeline.animator.react, str(event["kind"]), t)
+                event["animated"] = bool(moved)
             await self._send({"v": 1, "type": "event", "name": "audience", "data": event})
 
         self.spawn(send(), "audience")

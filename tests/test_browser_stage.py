@@ -82,6 +82,8 @@ async def test_share_watch_react_and_end(server: Server, speech_wav: Path, tmp_p
             await speaker.wait_for_function("() => window.avatarClient.stats.audience.length > 0", timeout=5_000)
             feed = await speaker.inner_text("#audience-feed")
             assert "applause" in feed
+            audience = await speaker.evaluate("window.avatarClient.stats.audience")
+            assert audience[0]["animated"] is True, audience  # the avatar nodded
 
             # the OBS page, video only: real transparency over a checkerboard
             obs = await viewer.context.new_page()
