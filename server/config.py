@@ -138,12 +138,15 @@ class StageConfig:
     keyframe_interval_s: float = 2.0  # s, longest time between two keyframes of the viewers' video
     keyframe_min_gap_s: float = 0.5  # s, shortest time between keyframes asked for by joins and PLI/FIR
     min_bitrate_kbps: int = 150  # kbit/s, floor for the viewers' shared video rate (the slowest REMB lowers it)
+    record: bool = False  # record every stage from its start (WebM, no re-encode) into record_dir
+    record_dir: str = ""  # where recordings go ("" = <avatars.data_dir>/recordings)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.max_viewers, int) and 0 <= self.max_viewers <= 1000, "stage.max_viewers", self.max_viewers, "an integer in 0..1000")
         _check(0.5 <= self.keyframe_interval_s <= 60.0, "stage.keyframe_interval_s", self.keyframe_interval_s, "in 0.5..60 s")
         _check(0.05 <= self.keyframe_min_gap_s <= self.keyframe_interval_s, "stage.keyframe_min_gap_s", self.keyframe_min_gap_s, "in 0.05 s..stage.keyframe_interval_s")
         _check(30 <= self.min_bitrate_kbps <= 10_000, "stage.min_bitrate_kbps", self.min_bitrate_kbps, "in 30..10000 kbit/s")
+        _check(isinstance(self.record, bool), "stage.record", self.record, "true or false")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import av
@@ -164,6 +166,8 @@ class Session:
         self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
         if self.cfg.publish.enabled:
             self.spawn(self.stage.publish(self.cfg.publish), "publish")
+        if self.cfg.stage.record:
+            await self.set_recording(True)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.spawn(self._process_audio(), "process-audio")
@@ -343,6 +347,22 @@ class Session:
             await self._send({"v": 1, "type": "event", "name": "audience", "data": event})
 
         self.spawn(send(), "audience")
+
+    def record_dir(self) -> Path:
+        """Where this server writes stage recordings."""
+        d = self.cfg.stage.record_dir
+        return Path(os.path.expanduser(d)) if d else self.cfg.avatars.data_dir / "recordings"
+
+    async def set_recording(self, on: bool) -> dict[str, Any]:
+        """Start or stop recording the stage; returns what the speaker is told."""
+        if self.stage is None:
+            raise ProtocolError("state", "record before offer")
+        if on:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            rec = await self.stage.start_recording(self.record_dir() / f"{stamp}-{self.stage_id}.webm")
+            return {"recording": True, "file": rec.path.name}
+        done = await self.stage.stop_recording()
+        return {"recording": False, **({"file": done["file"], "video_packets": done["video_packets"]} if done else {})}
 
     async def stage_request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
         """A request for this session's stage: ``whep_offer`` (sdp), ``whep_delete`` (viewer), ``info``."""

@@ -56,6 +56,7 @@ class _PacketVp8(RenderedVp8Encoder):
 
     def encode_packets(self, frame: av.VideoFrame, force_keyframe: bool) -> list[av.Packet]:
         """Encode one frame (pts in 1/90000 s) → its packets, stamped like the frame."""
+        pts = frame.pts  # PyAV's encode rebases the frame's pts onto the codec's time base
         c = self.codec
         now = float(frame.time) if frame.time is not None else 0.0
         rate = float(c.bit_rate or 0) if c is not None else 0.0
@@ -67,10 +68,10 @@ class _PacketVp8(RenderedVp8Encoder):
         if force_keyframe:
             frame.pict_type = av.video.frame.PictureType.I
         packets = list(c.encode(frame))
-        for p in packets:
-            p.pts = frame.pts
-            p.dts = frame.pts
+        for p in packets:  # the time base first: PyAV rescales pts when it changes
             p.time_base = VIDEO_TIME_BASE
+            p.pts = pts
+            p.dts = pts
         return packets
 
 
@@ -236,6 +237,7 @@ class ProgramAudio:
         self.pcm_sinks: list[Callable[[NDArray[np.int16], int], None]] = []
         self._video_latency_s = video_latency_s
         self.delay_s = initial_delay_s
+        self.origin: float | None = None  # clock time (s) of the stage's stream time 0 (the video's frame 0)
         self._queue: deque[tuple[float, NDArray[np.int16]]] = deque()  # (play-out time s, samples (n, 2))
         self._carry: NDArray[np.int16] = np.zeros((0, 2), np.int16)  # samples of a frame not yet sent
         self._codec: Any = None
@@ -304,15 +306,17 @@ class ProgramAudio:
         frame.time_base = AUDIO_TIME_BASE
         packets = list(self._codec.encode(frame))
         for p in packets:  # libopus's pre-skip shifts its own stamps; ours follow the clock
+            p.time_base = AUDIO_TIME_BASE  # first: PyAV rescales pts when the time base changes
             p.pts = index * AUDIO_FRAME
             p.dts = p.pts
-            p.time_base = AUDIO_TIME_BASE
         return packets
 
     async def run(self) -> None:
         """Send one packet per 20 ms tick until cancelled."""
-        start = self._clock.now()
-        index = 0
+        # packet k covers stream time k * 20 ms: the same time line as the video's frames (the
+        # recording muxes both by it; RTP gets each track's own offset and sender reports)
+        start = self.origin if self.origin is not None else self._clock.now()
+        index = max(0, int((self._clock.now() - start) / AUDIO_FRAME_S) + 1)
         while True:
             target = start + index * AUDIO_FRAME_S
             await self._clock.sleep_until(target)

@@ -14,7 +14,8 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -25,6 +26,9 @@ from server.config import AppConfig
 from server.errors import ProtocolError
 from server.stage.program import ProgramAudio, ProgramVideoEncoder
 from server.stage.viewer import Viewer
+
+if TYPE_CHECKING:
+    from server.stage.record import StageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,7 @@ class Stage:
         self.audio = ProgramAudio(clock, self._fan_audio, self._audio_delay_target, self._audio_delay_target() or 0.08)
         self.viewers: dict[str, Viewer] = {}  # WHEP viewers
         self.publishers: dict[str, Any] = {}  # SFU / WHIP publications (server.stage.publish)
+        self.recorder: StageRecorder | None = None
         self._buckets: dict[str, tuple[_Bucket, _Bucket]] = {}
         self._audio_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -159,6 +164,8 @@ class Stage:
 
     def video_frame(self, yuv: NDArray[np.uint8], index: int) -> None:
         """The source's frame ``index`` (I420 planes), just produced on the video clock."""
+        if self.audio.origin is None:
+            self.audio.origin = self.clock.now() - index / self.cfg.video.fps
         if not self.closed and self.feed.wanted():
             self.video.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
 
@@ -180,8 +187,37 @@ class Stage:
 
     def outputs(self) -> list[Viewer]:
         """Every peer output: viewers and publications."""
-        return [*self.viewers.values(),
-                *(p.peer for p in self.publishers.values() if p.peer is not None and p.state in ("starting", "published"))]
+        outs: list[Any] = [*self.viewers.values(),
+                           *(p.peer for p in self.publishers.values() if p.peer is not None and p.state in ("starting", "published"))]
+        if self.recorder is not None:
+            outs.append(self.recorder)
+        return outs
+
+    async def start_recording(self, path: Path) -> StageRecorder:
+        """Record the program to ``path`` (.webm / .mkv, no re-encode) until :meth:`stop_recording`."""
+        from server.stage.record import StageRecorder
+
+        if self.closed:
+            raise StageEnded(self.id)
+        if self.recorder is not None:
+            raise ProtocolError("state", f"the stage is already recording to {self.recorder.path.name}")
+        w, h = self.cfg.video.width, self.cfg.video.height
+        rec = StageRecorder(path, w, h, self.cfg.video.fps, self.video.request_keyframe)
+        self.recorder = rec
+        rec.start()
+        self._update_audio()
+        log.info("stage %s: recording to %s", self.id, path)
+        return rec
+
+    async def stop_recording(self) -> dict[str, Any] | None:
+        """Finish the recording (None when there is none); returns its stats."""
+        rec, self.recorder = self.recorder, None
+        if rec is None:
+            return None
+        await rec.stop()
+        self._update_audio()
+        log.info("stage %s: recording %s finished (%d video, %d audio packets)", self.id, rec.path.name, rec.video_packets, rec.audio_packets)
+        return rec.stats()
 
     async def publish(self, cfg: Any) -> None:
         """Publish the program to the SFU / WHIP targets of ``cfg`` (``[publish]``)."""
@@ -326,6 +362,8 @@ class Stage:
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
         self._audio_task = None
+        if self.recorder is not None:
+            await self.stop_recording()
         self.video.close()
         if self.alpha_feed is not None:
             self.alpha_feed.encoder.close()
@@ -346,4 +384,5 @@ class Stage:
             "comments": self.comments,
             "per_viewer": [v.stats() for v in self.viewers.values()],
             "publish": [p.stats() for p in self.publishers.values()],
+            "recording": self.recorder.stats() if self.recorder is not None else None,
         }
