@@ -114,6 +114,7 @@ class OfflineResult:
     lookahead_hops: int
     model: str
     video_frames: int = 0
+    latency_s: float | None = None  # median audio frame arrival → frame that reflects it, s (as live)
 
     def __repr__(self) -> str:  # short: asyncio formats task results into messages
         return (
@@ -166,8 +167,11 @@ async def run_offline(
             pass
         return OfflineResult(visemes, n_audio * FRAME_S, pipeline.lookahead_hops, models.visemes.name)
 
+    latencies: list[float] = []
+
     async def produce(t: float) -> tuple[np.ndarray, list[float]]:
         yuv, sources, _ = pipeline.produce(t)
+        latencies.extend(t - s for s in sources)
         return yuv, sources
 
     track = AvatarVideoTrack(produce, clock, cfg.video.fps, None)
@@ -190,7 +194,8 @@ async def run_offline(
         track.stop()
     if on_progress is not None:
         on_progress(n_audio * FRAME_S)
-    return OfflineResult(visemes, n_audio * FRAME_S, pipeline.lookahead_hops, models.visemes.name, index)
+    latency = float(np.median(latencies)) if latencies else None
+    return OfflineResult(visemes, n_audio * FRAME_S, pipeline.lookahead_hops, models.visemes.name, index, latency)
 
 
 class _NoRenderer:
@@ -331,16 +336,19 @@ class Mp4Writer:
     def _encode_audio(self, path: Path) -> None:
         try:
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=LIVE_RATE)
+            samples = 0
             for frame in live_frames(path):
                 for out in resampler.resample(frame):
-                    out.pts = None
+                    out.time_base = Fraction(1, LIVE_RATE)  # stamped, so close() can shift them
+                    out.pts = samples
+                    samples += out.samples
                     self._audio_packets.extend(self.audio.encode(out))
             self._audio_packets.extend(self.audio.encode(None))
         except BaseException as e:  # reported at close()
             self._audio_error = e
 
-    def close(self) -> None:
-        """Finish encoding, mux the audio, close the file."""
+    def close(self, audio_delay_s: float = 0.0) -> None:
+        """Finish encoding, mux the audio ``audio_delay_s`` later than the video's start, close."""
         self._queue.put(self._DONE)
         self._thread.join()
         if self._audio_thread is not None:
@@ -348,6 +356,13 @@ class Mp4Writer:
         try:
             if self._error is None and self._audio_error is None:
                 for packet in self._audio_packets:
+                    if audio_delay_s and packet.pts is not None:
+                        if packet.time_base is None:  # the encoder's: 1/48000
+                            packet.time_base = Fraction(1, LIVE_RATE)
+                        shift = int(round(audio_delay_s / packet.time_base))
+                        packet.pts += shift
+                        if packet.dts is not None:
+                            packet.dts += shift
                     self.container.mux(packet)
         finally:
             self.container.close()
@@ -360,7 +375,10 @@ def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, ava
     """``avatar render``: audio file → MP4 with the avatar video and the original audio.
 
     The video runs for the decoded audio (whole 20 ms frames) plus ``TAIL_S``; a file with no
-    samples gives just that tail of resting mouth, with no audio track.
+    samples gives just that tail of resting mouth, with no audio track. The audio is muxed
+    delayed by the pipeline's own latency (each 20 ms frame's end + the median time until the
+    frame that reflects it), the rule a live stage applies to its viewers: each sound plays
+    with the frame that shows its mouth.
     """
     from tqdm import tqdm
 
@@ -372,9 +390,11 @@ def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, ava
         bar.n = round(min(t, total), 1)
         bar.refresh()
 
+    result: OfflineResult | None = None
     try:
         result = asyncio.run(run_offline(path, cfg, models, avatar=avatar, on_video=writer.add_video, on_progress=on_progress))
     finally:
-        writer.close()
+        delay = FRAME_S + result.latency_s if result is not None and result.latency_s is not None else 0.0
+        writer.close(audio_delay_s=min(delay, TAIL_S))
         bar.close()
     return result

@@ -83,6 +83,9 @@ async def test_viewers_watch_a_stage(server: ServerProcess, speech_wav: Path) ->
         sess = [s for s in stats["sessions"] if s.get("stage") == stage["id"]]
         assert sess and sess[0]["viewers"] == 3, stats
         program = sess[0]["program"]
+        # the viewers' audio is delayed by the video's own latency (source in → shared encoder out)
+        lat = sess[0]["latency_ms"]["p50"]
+        assert abs(program["audio_delay_ms"] - (lat + program["video"]["encode_ms"])) < 15.0, (lat, program)
         # encoded once for all viewers: the shared encoder made about one frame per tick
         assert program["video"]["frames"] <= sess[0]["frames"] + 1, program
         assert program["video"]["keyframes"] >= 1 and program["audio"]["packets"] > 100, program
