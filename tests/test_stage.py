@@ -201,3 +201,30 @@ async def test_program_packets_keep_the_stage_clock() -> None:
     audio = ProgramAudio(MonotonicClock(), None, lambda: None, 0.05)
     packets = audio.encode(np.zeros((960, 2), np.int16), 7)
     assert [p.pts for p in packets] == [7 * 960] and packets[0].time_base == Fraction(1, 48_000)
+
+
+async def test_avatar_client_watch_records(server: ServerProcess, speech_wav: Path, tmp_path: Path) -> None:
+    """``avatar client --watch URL --record OUT.mp4``: a headless viewer from the command line."""
+    import json
+    import sys
+
+    from tests.server_proc import ROOT
+
+    speaker, welcome = await _speaker(server.url, speech_wav, 10.0)
+    try:
+        assert speaker.stats.stage == welcome["stage"]["id"]  # type: ignore[index]
+        out, js = tmp_path / "watched.mp4", tmp_path / "watched.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "client", "--watch", f"{server.url}/watch/{speaker.stats.stage}",
+            "--duration", "4", "--record", str(out), "--stats", str(js), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+    finally:
+        await speaker.close()
+    summary = json.loads(js.read_text())
+    assert summary["fps"] >= MIN_FPS and summary["audio_frames"] > 100, summary
+    with av.open(str(out)) as f:
+        assert f.streams.video and f.streams.audio
+        n = sum(1 for _ in f.decode(video=0))
+    assert n >= 3.0 * MIN_FPS, n
