@@ -130,9 +130,11 @@ class WatchClient:
     """One viewer: ``await start()``, ``await watch(seconds)``, and always ``await close()``."""
 
     def __init__(self, url: str, *, record: Path | None = None, audio: bool = True, timeout: float = 20.0,
-                 measure_sync: bool = False) -> None:
+                 measure_sync: bool = False, video_codecs: tuple[str, ...] | None = None) -> None:
         """``measure_sync``: measure the mouth in every frame and keep the received audio, for
-        :meth:`sync_offsets` (costs a decode and a measure per frame)."""
+        :meth:`sync_offsets` (costs a decode and a measure per frame). ``video_codecs``: offer
+        only these (e.g. ``("h264",)``, as a player without VP8 would)."""
+        self.video_codecs = video_codecs
         self.base, self.stage = split_watch_url(url)
         self.stats = WatchStats(stage=self.stage)
         self.want_audio = audio
@@ -164,7 +166,11 @@ class WatchClient:
         """Subscribe (POST the offer, apply the answer). Raises :class:`ClientError`."""
         self._http = aiohttp.ClientSession()
         pc = self.pc = RTCPeerConnection(rtc_configuration(()))
-        pc.addTransceiver("video", direction="recvonly")
+        video = pc.addTransceiver("video", direction="recvonly")
+        if self.video_codecs is not None:
+            wanted = {f"video/{c.lower()}" for c in self.video_codecs} | {"video/rtx"}
+            caps = RTCRtpReceiver.getCapabilities("video")
+            video.setCodecPreferences([c for c in (caps.codecs if caps else []) if c.mimeType.lower() in wanted])
         if self.want_audio:
             pc.addTransceiver("audio", direction="recvonly")
         self.channel = pc.createDataChannel("stage")

@@ -228,3 +228,29 @@ async def test_avatar_client_watch_records(server: ServerProcess, speech_wav: Pa
         assert f.streams.video and f.streams.audio
         n = sum(1 for _ in f.decode(video=0))
     assert n >= 3.0 * MIN_FPS, n
+
+
+async def test_h264_only_viewer(server: ServerProcess, speech_wav: Path) -> None:
+    """A viewer whose offer takes no VP8 (OBS's WHEP source, some hardware players) gets the
+    program from a shared H.264 encoder instead; VP8 viewers are unaffected."""
+    speaker, welcome = await _speaker(server.url, speech_wav, 10.0)
+    stage = welcome["stage"]
+    assert isinstance(stage, dict)
+    h264 = WatchClient(server.url + str(stage["watch"]), video_codecs=("h264",))
+    vp8 = WatchClient(server.url + str(stage["watch"]))
+    try:
+        await asyncio.sleep(0.5)
+        await h264.start()
+        await vp8.start()
+        await asyncio.sleep(4.0)
+        for v in (h264, vp8):
+            assert v.stats.fps() >= MIN_FPS, v.stats.summary()
+        stats = await get_json(server.url, "/stats")
+        sess = next(s for s in stats["sessions"] if s.get("stage") == stage["id"])
+        codecs = sorted(p["codec"] for p in sess["program"]["per_viewer"])
+        assert codecs == ["h264", "vp8"], sess["program"]["per_viewer"]
+        assert sess["program"]["h264_video"]["frames"] > 60, sess["program"]
+    finally:
+        await h264.close()
+        await vp8.close()
+        await speaker.close()

@@ -75,8 +75,49 @@ class _PacketVp8(RenderedVp8Encoder):
         return packets
 
 
+class _PacketH264:
+    """libx264 for viewers that take no VP8 (constrained baseline, no B-frames, zero latency):
+    Annex B packets, which aiortc's H.264 sender packetizes."""
+
+    def __init__(self, max_bitrate: int, gop_frames: int, fps: float) -> None:
+        self.target_bitrate = max_bitrate
+        self.gop_frames = gop_frames
+        self.fps = fps
+        self.codec: Any = None
+        self.opens = 0
+
+    def encode_packets(self, frame: av.VideoFrame, force_keyframe: bool) -> list[av.Packet]:
+        """Encode one frame (pts in 1/90000 s) → its packets, stamped like the frame."""
+        pts = int(frame.pts or 0)
+        c = self.codec
+        rate = float(c.bit_rate or 0) if c is not None else 0.0
+        if c is None or (frame.width, frame.height) != (c.width, c.height) or abs(self.target_bitrate - rate) > 0.25 * rate:
+            c = av.CodecContext.create("libx264", "w")
+            c.width, c.height = frame.width, frame.height
+            c.bit_rate = self.target_bitrate
+            c.pix_fmt = "yuv420p"
+            c.framerate = Fraction(int(round(self.fps)), 1)
+            c.time_base = Fraction(1, int(round(self.fps)))
+            c.gop_size = self.gop_frames
+            c.max_b_frames = 0
+            c.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
+            c.profile = "Baseline"
+            self.codec = c
+            self.opens += 1
+        frame.pict_type = av.video.frame.PictureType.I if force_keyframe else av.video.frame.PictureType.NONE
+        frame.pts = int(round(pts * self.fps / VIDEO_CLOCK_RATE))  # libx264 counts frames
+        frame.time_base = Fraction(1, int(round(self.fps)))
+        packets = list(c.encode(frame))
+        for p in packets:
+            p.time_base = VIDEO_TIME_BASE
+            p.pts = pts
+            p.dts = pts
+        return packets
+
+
 class ProgramVideoEncoder:
-    """The stage's one VP8 encoder; ``deliver(packet)`` is called on the event loop."""
+    """The stage's one video encoder (VP8, or H.264 for viewers that take nothing else);
+    ``deliver(packet)`` is called on the event loop."""
 
     def __init__(
         self,
@@ -89,18 +130,23 @@ class ProgramVideoEncoder:
         min_bitrate: int,
         key_interval_s: float = 2.0,
         key_min_gap_s: float = 0.5,
+        codec: str = "vp8",
     ) -> None:
+        if codec not in ("vp8", "h264"):
+            raise ValueError(f"stage video codec must be vp8 or h264, got {codec!r}")
         if not 0.0 < key_min_gap_s <= key_interval_s:
             raise ValueError(f"keyframe gap {key_min_gap_s!r} s must be in (0, keyframe interval {key_interval_s!r} s]")
         self._loop = loop
         self._deliver = deliver
         self.fps = fps
-        self._enc = _PacketVp8(cpu_used, max_bitrate, max(1, int(round(key_interval_s * fps))))
+        gop = max(1, int(round(key_interval_s * fps)))
+        self.codec = codec
+        self._enc: _PacketVp8 | _PacketH264 = _PacketVp8(cpu_used, max_bitrate, gop) if codec == "vp8" else _PacketH264(max_bitrate, gop, fps)
         self.max_bitrate = max_bitrate
         self.min_bitrate = min(min_bitrate, max_bitrate)
         self.key_interval_s = key_interval_s
         self.key_min_gap_s = key_min_gap_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-vp8")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"program-{codec}")
         self._pending: tuple[NDArray[np.uint8], int] | None = None  # (I420 planes, pts 1/90000 s)
         self._busy = False
         self._key_wanted = False
@@ -197,6 +243,7 @@ class ProgramVideoEncoder:
             "encode_ms": round(self.encode_ms, 2),
             "bitrate_kbps": round(self.target_bitrate / 1000),
             "opens": self._enc.opens,
+            "codec": self.codec,
         }
 
 

@@ -70,10 +70,11 @@ class VideoFeed:
     """One encoded variant of the program's video (plain, or colour + alpha matte side by side)
     with the last keyframe and the frames after it, for viewers that join."""
 
-    def __init__(self, stage: Stage, alpha: bool) -> None:
+    def __init__(self, stage: Stage, alpha: bool, codec: str = "vp8") -> None:
         st, video = stage.cfg.stage, stage.cfg.video
         self.stage = stage
         self.alpha = alpha
+        self.codec = codec
         width_factor = 2 if alpha else 1  # the matte doubles the picture
         self.encoder = ProgramVideoEncoder(
             asyncio.get_running_loop(),
@@ -84,6 +85,7 @@ class VideoFeed:
             min_bitrate=st.min_bitrate_kbps * 1000 * width_factor,
             key_interval_s=st.keyframe_interval_s,
             key_min_gap_s=st.keyframe_min_gap_s,
+            codec=codec,
         )
         self.gop: list[av.Packet] = []  # the last keyframe and the frames after it
         self.gop_t = 0.0  # clock time of that keyframe, s
@@ -91,7 +93,7 @@ class VideoFeed:
 
     def outputs(self) -> list[Viewer]:
         """The peer outputs that take this variant."""
-        return [v for v in self.stage.outputs() if v.alpha == self.alpha]
+        return [v for v in self.stage.outputs() if v.alpha == self.alpha and getattr(v, "codec", "vp8") == self.codec]
 
     def wanted(self) -> bool:
         """Whether any output takes this variant now."""
@@ -138,6 +140,7 @@ class Stage:
         self.feed = VideoFeed(self, alpha=False)
         self.video = self.feed.encoder
         self.alpha_feed: VideoFeed | None = None  # made when the first output asks for the matte
+        self.h264_feed: VideoFeed | None = None  # made when the first viewer takes no VP8
         self.audio = ProgramAudio(clock, self._fan_audio, self._audio_delay_target, self._audio_delay_target() or 0.08)
         self.viewers: dict[str, Viewer] = {}  # WHEP viewers
         self.publishers: dict[str, Any] = {}  # SFU / WHIP publications (server.stage.publish)
@@ -166,8 +169,11 @@ class Stage:
         """The source's frame ``index`` (I420 planes), just produced on the video clock."""
         if self.audio.origin is None:
             self.audio.origin = self.clock.now() - index / self.cfg.video.fps
+        pts = int(round(index * 90_000 / self.cfg.video.fps))
         if not self.closed and self.feed.wanted():
-            self.video.submit(yuv, int(round(index * 90_000 / self.cfg.video.fps)))
+            self.video.submit(yuv, pts)
+        if not self.closed and self.h264_feed is not None and self.h264_feed.wanted():
+            self.h264_feed.encoder.submit(yuv, pts)
 
     @property
     def wants_alpha(self) -> bool:
@@ -231,15 +237,23 @@ class Stage:
         it takes the colour + matte variant (made on first use)."""
         if alpha and self.alpha_feed is None:
             self.alpha_feed = VideoFeed(self, alpha=True)
-        feed = self.alpha_feed if alpha and self.alpha_feed is not None else self.feed
-        viewer = Viewer(oid, self.cfg.server.ice_servers, feed.encoder.request_keyframe, self._viewer_connected,
-                        self._reaction, self._gone, role=role)
+        viewer = Viewer(oid, self.cfg.server.ice_servers, lambda: self._feed_of(viewer).encoder.request_keyframe(),
+                        self._viewer_connected, self._reaction, self._gone, role=role)
         viewer.alpha = alpha
         return viewer
 
+    def _feed_of(self, viewer: Viewer) -> VideoFeed:
+        """The video variant ``viewer`` takes (its codec is known once its offer is read)."""
+        if viewer.codec == "h264":
+            if self.h264_feed is None:
+                self.h264_feed = VideoFeed(self, alpha=False, codec="h264")
+            return self.h264_feed
+        if viewer.alpha and self.alpha_feed is not None:
+            return self.alpha_feed
+        return self.feed
+
     def _viewer_connected(self, viewer: Viewer) -> None:
-        feed = self.alpha_feed if viewer.alpha and self.alpha_feed is not None else self.feed
-        feed.start(viewer)
+        self._feed_of(viewer).start(viewer)
 
     def _fan_audio(self, packet: av.Packet) -> None:
         for v in self.outputs():
@@ -258,7 +272,7 @@ class Stage:
         """The encoder follows the most constrained connected viewer's REMB estimate."""
         while True:
             await asyncio.sleep(BITRATE_POLL_S)
-            for feed in (self.feed, self.alpha_feed):
+            for feed in (self.feed, self.alpha_feed, self.h264_feed):
                 if feed is not None:
                     rates = [r for v in feed.outputs() if (r := v.remb_bitrate()) is not None]
                     feed.encoder.set_bitrate(min(rates) if rates else None)
@@ -365,8 +379,9 @@ class Stage:
         if self.recorder is not None:
             await self.stop_recording()
         self.video.close()
-        if self.alpha_feed is not None:
-            self.alpha_feed.encoder.close()
+        for feed in (self.alpha_feed, self.h264_feed):
+            if feed is not None:
+                feed.encoder.close()
 
     def stats(self) -> dict[str, Any]:
         """JSON-able stage statistics."""
@@ -378,6 +393,7 @@ class Stage:
             "age_s": round(time.monotonic() - self.created, 1),
             "video": self.video.stats(),
             "alpha_video": self.alpha_feed.encoder.stats() if self.alpha_feed is not None else None,
+            "h264_video": self.h264_feed.encoder.stats() if self.h264_feed is not None else None,
             "audio": self.audio.stats() if self._audio_task is not None else None,
             "audio_delay_ms": round(self.audio.delay_s * 1000.0, 1),
             "reactions": dict(self.reactions),

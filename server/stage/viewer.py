@@ -51,15 +51,16 @@ def check_offer(sdp: str) -> list[str]:
     kinds = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=") and line.split()]
     if "video" not in kinds:
         raise ProtocolError("bad_offer", f"the offer has no video m-line to receive the avatar on (media: {', '.join(kinds) or 'none'})")
-    if "vp8/90000" not in sdp.lower():
-        raise ProtocolError("bad_offer", "the offer does not accept VP8 video; this server sends VP8")
+    low = sdp.lower()
+    if "vp8/90000" not in low and "h264/90000" not in low:
+        raise ProtocolError("bad_offer", "the offer accepts neither VP8 nor H.264 video; this server sends those")
     return kinds
 
 
 def _prefer_vp8(pc: RTCPeerConnection) -> None:
     """The video is VP8 packets: never let a negotiation pick another video codec."""
     caps = RTCRtpSender.getCapabilities("video")
-    vp8 = [c for c in caps.codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
+    vp8 = [c for c in (caps.codecs if caps else []) if c.mimeType.lower() in ("video/vp8", "video/rtx")]
     for t in pc.getTransceivers():
         if t.kind == "video":
             t.setCodecPreferences(vp8)
@@ -82,6 +83,7 @@ class Viewer:
         self.id = vid
         self.role = role  # "viewer" (answers a WHEP offer) or "publish" (offers to an SFU)
         self.alpha = False  # takes the colour + alpha matte variant (set by the stage)
+        self.codec = "vp8"  # the video codec negotiated: "vp8", or "h264" for a viewer that takes no VP8
         ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self._want_keyframe = want_keyframe
@@ -131,6 +133,9 @@ class Viewer:
         """Apply the viewer's offer; returns the answer SDP (all ICE candidates included)."""
         kinds = check_offer(offer_sdp)
         self.wants_audio = "audio" in kinds
+        if "vp8/90000" not in offer_sdp.lower():
+            self.codec = "h264"  # (no colour + matte variant in H.264: a plain picture)
+            self.alpha = False
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as e:  # aiortc's own messages name its internals: say it in ours
@@ -216,4 +221,5 @@ class Viewer:
             "audio_sent": self.audio.delivered,
             "audio": self.wants_audio,
             "alpha": self.alpha,
+            "codec": self.codec,
         }
