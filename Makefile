@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make serve   venv + install + start the server (built-in avatar, CPU model) on http://127.0.0.1:8080
 #   make test    venv + install what the tests need (Python extras, Debian packages) + run every test
+# Tested on Python 3.11.7 and Debian 12.11 (bookworm), x86_64: the locks in requirements/ were resolved there.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,27 +12,43 @@ APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k
             festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj libflite1 firefox-esr pulseaudio \
             fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
             wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs \
-            asterisk-core-sounds-en-g722 asterisk-core-sounds-en pulseaudio-utils libportaudio2
+            asterisk-core-sounds-en-g722 asterisk-core-sounds-en janus pulseaudio-utils libportaudio2
 RHUBARB_NPM := rhubarb-lip-sync-wasm@0.1.8
-PIP := $(BIN)/pip install -q --disable-pip-version-check
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+# Every Python dependency is installed from a lock (exact versions, sha256 hashes, --no-deps: the
+# locks list everything, so mediapipe's and silero-vad's metadata pins -- numpy<2, jax, torch; see
+# pyproject.toml -- are never followed), then the project itself without touching them.
+# torch==2.13.0+cpu (dev.lock) is not on PyPI: where pip's config does not already find it (a
+# find-links folder), run e.g. make test PIP_EXTRA='--extra-index-url https://download.pytorch.org/whl/cpu'
+PIP_EXTRA ?=
+LOCKED := $(PIP) --require-hashes --no-deps $(PIP_EXTRA)
+SELF := $(PIP) --no-deps --no-build-isolation -e .
 
-.PHONY: setup setup-train setup-test setup-model serve test lint bench model clean
+.PHONY: setup setup-train setup-test setup-model serve test lint bench model clean lock
 
-# Runtime install: the package (editable), its serving dependencies, the silero VAD ONNX file,
-# and photo-avatar registration (mediapipe's face mesh; --no-deps: see pyproject.toml).
+# Runtime install: pip itself (requirements/bootstrap.lock), the serving dependencies with the
+# silero VAD ONNX file and photo-avatar registration (mediapipe's face mesh) (requirements/serve.lock),
+# then the package (editable).
 setup: $(VENV)/.setup-done
-$(VENV)/.setup-done: pyproject.toml
+$(VENV)/.setup-done: pyproject.toml requirements/bootstrap.lock requirements/serve.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) -e '.[photo]'
-	$(PIP) --no-deps silero-vad==6.2.3 mediapipe==0.10.21
+	$(LOCKED) -r requirements/bootstrap.lock
+	$(LOCKED) -r requirements/serve.lock
+	$(SELF)
 	touch $@
 
-# Training / evaluation extras (torch 2.13.0 CPU build, onnx, pocketsphinx).
+# Training / evaluation / test dependencies, all in requirements/dev.lock (torch 2.13.0 CPU
+# build, onnx, pocketsphinx, pytest, hypothesis, mypy, ruff, ...).
 setup-train: $(VENV)/.train-done
-$(VENV)/.train-done: $(VENV)/.setup-done
-	$(PIP) -e '.[train]'
+$(VENV)/.train-done: $(VENV)/.setup-done requirements/dev.lock
+	$(LOCKED) -r requirements/dev.lock
 	touch $@
+
+# Refresh the locks from pyproject.toml's ranges (requirements/lock.sh: a throw-away venv, the
+# newest versions they allow, hashed). Then run the suite green on them (make clean test) and
+# commit requirements/*.lock alone, so a breaking upgrade is one commit to revert.
+lock:
+	PY=$(PY) requirements/lock.sh
 
 # $(call apt_install,PACKAGES,WHAT TO RUN WHEN THEY ARE MISSING AND apt-get CANNOT INSTALL THEM)
 # installs the missing Debian packages when apt-get is there and we are root; "$$missing" names them.
@@ -45,10 +62,9 @@ define apt_install
 	fi
 endef
 
-# Everything the test-suite needs: Python extras + Debian packages (when apt is available).
+# Everything the test-suite needs: the Python locks (setup-train) + Debian packages (when apt is available).
 setup-test: $(VENV)/.test-done
 $(VENV)/.test-done: $(VENV)/.train-done
-	$(PIP) -e '.[dev,photo]'
 	$(call apt_install,$(APT_PKGS),echo "WARNING: missing Debian packages (tests needing them will skip):$$missing")
 	@# Rhubarb Lip Sync (WebAssembly port) for the offline-reference comparison (bench/rhubarb_reference.py)
 	@# (Debian's nodejs comes without npm; NodeSource's includes it, and conflicts with Debian's npm)

@@ -2,16 +2,16 @@
 
 For each avatar (default: the built-ins ava, leo, kofi, mei and the sprite fox) it runs
 :func:`server.stage.camera.run_camera` in this process with ``--mic-file`` playing real speech
-in real time into a fake pyvirtualcam backend that stamps every frame it receives, and reports:
+(dev-speech utterances 1.2 s apart) in real time into a fake pyvirtualcam backend that stamps every frame it receives, and reports:
 
 - **fps while speaking**: frames the camera received per second while the file played;
 - **latency**: mic frame captured → the first camera frame reflecting it, p50 / p95 (the
   command's own measure, the same as a live session's);
 - **A/V offset** (built-in characters): a second run records (``--record``) what the camera
-  and the voice output emitted, each stamped with its emission time; the lag that best lines
-  the mouth's openness up with the voice's loudness (positive: the mouth moves later) is read
-  from the file (:mod:`server.stage.sync`). The same measure on ``avatar render``'s offline
-  output of the same speech is the reference (the animation's own response, no live delay).
+  and the voice output emitted, each stamped with its emission time; per utterance the mouth's
+  onset minus the speech's onset (server/sync.py, as bench/stage_sync.py measures a viewer) is
+  compared with the same on ``avatar render`` of the same speech (in sync by construction):
+  positive = the voice comes early, negative = late (EBU R37: +40 / -60 ms).
 - **virtual microphone** (``--pulse``, needs pulseaudio): a private PulseAudio; speech played
   into its null sink is the microphone, the virtual microphone is recorded back with parec,
   and the voice's delay is compared with when the frame showing it left (capture + video
@@ -19,7 +19,7 @@ in real time into a fake pyvirtualcam backend that stamps every frame it receive
 
 Usage::
 
-    .venv/bin/python bench/camera.py [--avatars ava,leo,kofi,mei,fox] [--seconds 10] [--pulse] [--json OUT]
+    .venv/bin/python bench/camera.py [--avatars ava,leo,kofi,mei,fox] [--seconds 20] [--pulse] [--json OUT]
 """
 
 from __future__ import annotations
@@ -94,13 +94,19 @@ def camera_fps(times: list[float], speech_s: float) -> float:
     return float((len(t) - 1) / (t[-1] - t[0])) if len(t) > 1 else 0.0
 
 
-def reference_offset(cfg: AppConfig, models: SharedModels, wav: Path, avatar: str, out: Path) -> tuple[float, float]:
-    """A/V offset of ``avatar render``'s offline MP4 of the same speech (s, correlation)."""
+def file_offsets(path: Path, avatar: str) -> list[tuple[float, float]]:
+    """(speech onset s, mouth onset − speech onset s) per utterance of an MP4 (server/sync.py)."""
+    from server.stage.sync import read_recording, utterance_offsets
+
+    return utterance_offsets(read_recording(path, avatar))
+
+
+def render_reference(cfg: AppConfig, models: SharedModels, wav: Path, avatar: str, out: Path) -> list[tuple[float, float]]:
+    """The offsets of ``avatar render``'s MP4 of the same speech (in sync by construction)."""
     from server.offline import render_file
-    from server.stage.sync import av_offset_s, read_recording
 
     render_file(wav, out, cfg, models, avatar, progress=False)
-    return av_offset_s(read_recording(out, avatar))
+    return file_offsets(out, avatar)
 
 
 def virtual_mic_delay(wav: Path, d: Path, seconds: float) -> dict[str, Any]:
@@ -149,8 +155,8 @@ def virtual_mic_delay(wav: Path, d: Path, seconds: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--avatars", default="ava,leo,kofi,mei,fox")
-    p.add_argument("--seconds", type=float, default=10.0, help="s of speech per run")
-    p.add_argument("--audio", type=Path, default=None, help="speech file (default: dev-speech utterances)")
+    p.add_argument("--seconds", type=float, default=20.0, help="s of speech per run (at least; whole utterances)")
+    p.add_argument("--audio", type=Path, default=None, help="speech file (default: dev-speech utterances 1.2 s apart)")
     p.add_argument("--no-offset", action="store_true", help="skip the recording runs (A/V offset)")
     p.add_argument("--pulse", action="store_true", help="also measure the virtual microphone over a private PulseAudio")
     p.add_argument("--json", type=Path, default=None)
@@ -158,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyvirtualcam
 
-    from bench.latency import speech_wav
+    from bench.stage_sync import compare, utterance_wav
     from server.offline import audio_duration
-    from server.stage.sync import av_offset_s, read_recording
 
     pyvirtualcam.register_backend("bench", StampCam)
     cfg = load_config(None, {})
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-camera-") as tmp:
         d = Path(tmp)
-        wav = args.audio or speech_wav(d / "speech.wav", args.seconds)
+        wav = args.audio or utterance_wav(d / "speech.wav", args.seconds / 60.0)
         speech_s = audio_duration(wav)
         run_s = speech_s + 0.5
         print(f"speech {speech_s:.1f} s, {cfg.video.width}x{cfg.video.height} at {cfg.video.fps:g} fps; {platform.processor() or platform.machine()}", flush=True)
@@ -183,25 +188,28 @@ def main(argv: list[str] | None = None) -> int:
             if name in BUILTIN and not args.no_offset:
                 rec = d / f"{name}.mp4"
                 rstats = run_once(cfg, models, wav, name, run_s, rec)
-                off, r = av_offset_s(read_recording(rec, name))
-                row.update(av_offset_ms=round(off * 1000), av_corr=round(r, 2), record_fps=rstats["emitted_fps"],
-                           record_latency_p50_ms=rstats["latency_ms"]["p50"])
-                roff, rr = reference_offset(cfg, models, wav, name, d / f"{name}-offline.mp4")
-                row.update(offline_offset_ms=round(roff * 1000), offline_corr=round(rr, 2))
+                live = file_offsets(rec, name)
+                ref = render_reference(cfg, models, wav, name, d / f"{name}-render.mp4")
+                pairs = compare(live, ref)
+                diffs = np.array([x for _, x in pairs]) * 1000.0
+                row.update(record_fps=rstats["emitted_fps"], record_latency_p50_ms=rstats["latency_ms"]["p50"],
+                           utterances=len(pairs), camera_onset_ms=round(float(np.median([o for _, o in live])) * 1000),
+                           render_onset_ms=round(float(np.median([o for _, o in ref])) * 1000),
+                           av_offset_ms=round(float(np.median(diffs))) if len(diffs) else None,
+                           av_offset_range_ms=[round(float(diffs.min())), round(float(diffs.max()))] if len(diffs) else None)
             results.append(row)
             print(json.dumps(row), flush=True)
         vmic = virtual_mic_delay(wav, d, speech_s) if args.pulse else None
         if vmic is not None:
             print(json.dumps({"virtual_mic": vmic}), flush=True)
     print()
-    print("| avatar | camera fps while speaking | latency p50 / p95 (ms) | skipped ticks | CPU (cores) | A/V offset, camera run (ms) | offline render (ms) |")
+    print("| avatar | camera fps while speaking | latency p50 / p95 (ms) | skipped ticks | CPU (cores) | A/V offset vs render, median [range] (ms) | utterances |")
     print("|---|---|---|---|---|---|---|")
     for row in results:
         lat = row["latency_ms"]
-        live = f"{row['av_offset_ms']:+d} (r {row['av_corr']})" if "av_offset_ms" in row else "-"
-        ref = f"{row['offline_offset_ms']:+d} (r {row['offline_corr']})" if "offline_offset_ms" in row else "-"
+        off = f"{row['av_offset_ms']:+d} [{row['av_offset_range_ms'][0]:+d}, {row['av_offset_range_ms'][1]:+d}]" if row.get("av_offset_ms") is not None else "-"
         print(f"| {row['avatar']} | {row['camera_fps']:.2f} | {lat['p50']:.0f} / {lat['p95']:.0f} | {row['skipped_ticks']} | "
-              f"{row['cpu_cores']:.2f} | {live} | {ref} |")
+              f"{row['cpu_cores']:.2f} | {off} | {row.get('utterances', '-')} |")
     if args.json is not None:
         args.json.write_text(json.dumps({"speech_s": speech_s, "results": results, "virtual_mic": vmic}, indent=1))
     return 0

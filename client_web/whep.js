@@ -19,9 +19,9 @@ export class WhepError extends Error {
 
 /**
  * One subscription. `onTrack(stream)`, `onEvent(msg)` (the stage channel), `onState(state)`.
- * `audio: false` asks for video only.
+ * `audio: false` asks for video only; `alpha: true` for the colour | alpha-matte video (twice as wide).
  */
-export async function subscribe(stageId, { audio = true, onTrack, onEvent, onState } = {}) {
+export async function subscribe(stageId, { audio = true, alpha = false, onTrack, onEvent, onState } = {}) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
   if (audio) pc.addTransceiver("audio", { direction: "recvonly" });
@@ -32,7 +32,7 @@ export async function subscribe(stageId, { audio = true, onTrack, onEvent, onSta
   pc.onconnectionstatechange = () => onState?.(pc.connectionState);
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
-  const res = await fetch(`/whep/${encodeURIComponent(stageId)}`, {
+  const res = await fetch(`/whep/${encodeURIComponent(stageId)}${alpha ? "?alpha=1" : ""}`, {
     method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
   });
   const body = await res.text();

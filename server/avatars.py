@@ -136,8 +136,11 @@ class AvatarRegistry:
         available = ", ".join(i.name for i in infos)
         raise AvatarNotFound(f"unknown avatar {name!r}; available: {available}")
 
-    def create(self, name: str, size: tuple[int, int] = (512, 512)) -> Renderer:
+    def create(self, name: str, size: tuple[int, int] = (512, 512), *, transparent: bool = False) -> Renderer:
         """A new renderer for avatar ``name`` drawing ``size`` (width, height) px frames.
+
+        ``transparent``: a built-in character without its background (alpha = coverage); sprite
+        packs and photos have no transparent version and draw as usual (opaque).
 
         A photo avatar's first renderer per size takes ~0.3-1 s (displacement bases; later ones
         are clones sharing that data): call it off the event loop.
@@ -145,7 +148,7 @@ class AvatarRegistry:
         info = self.get(name)
         if info.kind == "built-in":
             factory = self._builtins()[name]
-            renderer: Renderer = factory(size)
+            renderer: Renderer = factory(size, transparent=transparent) if transparent else factory(size)
             return renderer
         if info.kind == "sprite":
             from server.render.sprite import SpriteRenderer, load_pack

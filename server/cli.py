@@ -27,6 +27,8 @@ def _config(args: argparse.Namespace) -> AppConfig:
     if getattr(args, "size", None):
         w, _, h = args.size.partition("x")
         overrides.setdefault("video", {}).update(width=int(w), height=int(h or w))
+    if getattr(args, "record_stages", None):
+        overrides.setdefault("stage", {})["record"] = True
     if getattr(args, "data_dir", None):
         overrides.setdefault("avatars", {})["data_dir"] = str(args.data_dir)
     return load_config(args.config, overrides)
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(sp)
     sp.add_argument("--host", default=None)
     sp.add_argument("--port", type=int, default=None)
+    sp.add_argument("--record-stages", action="store_true", help="record every stage (WebM, no re-encode) into [stage] record_dir")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("render", help="render an audio file to an MP4 of the avatar")

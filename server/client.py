@@ -127,6 +127,7 @@ class ClientStats:
 
     url: str = ""
     session: str | None = None
+    stage: str | None = None  # the stage id of the call (watch link /watch/<stage>)
     server_version: Any = None  # the welcome's `server` field
     audio_s: float = 0.0  # length of the WAV played
     duration_s: float = 0.0  # how long the microphone ran (WAV + tail)
@@ -689,6 +690,10 @@ class AvatarClient:
             raise ClientError(f"expected welcome, got {msg.get('type')!r}: {msg}")
         self.stats.session = msg.get("session")
         self.stats.server_version = msg.get("server")
+        stage = msg.get("stage")
+        if isinstance(stage, dict) and isinstance(stage.get("id"), str):
+            self.stats.stage = stage["id"]
+            log.warning("stage %s: watch it at %s%s", stage["id"], http_base(self.url), stage.get("watch", ""))
         return msg
 
     def make_pc(self) -> RTCPeerConnection:
@@ -978,7 +983,12 @@ def write_stats(path: Path, stats: ClientStats) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``avatar client`` options."""
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
-    parser.add_argument("--audio", type=Path, required=True, help="audio file played as the mic")
+    parser.add_argument("--audio", type=Path, default=None, help="audio file played as the mic (a call)")
+    parser.add_argument(
+        "--watch", default=None, metavar="URL",
+        help="watch a stage instead of making a call: http://HOST:PORT/watch/STAGE (WHEP); "
+        "--record writes what a viewer receives, --duration how long (default 30 s)",
+    )
     parser.add_argument("--record", type=Path, default=None, help="write the call to this MP4")
     parser.add_argument("--stats", type=Path, default=None, help="write stats JSON here")
     parser.add_argument(
@@ -1003,7 +1013,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one call from parsed arguments; prints the summary; exit code 0/1."""
+    """Run one call (or watch a stage) from parsed arguments; prints the summary; exit code 0/1."""
+    if args.watch is not None:
+        from server.watch import run_watch
+
+        try:
+            ws = asyncio.run(run_watch(args.watch, args.duration or 30.0, args.record, args.stats))
+        except ClientError as e:
+            print(f"avatar client: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(ws.summary(), indent=1))
+        return 0
+    if args.audio is None:
+        print("avatar client: give --audio FILE to make a call, or --watch URL to watch a stage", file=sys.stderr)
+        return 2
     try:
         st = asyncio.run(
             run_client(

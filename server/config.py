@@ -69,9 +69,13 @@ class AudioConfig:
     """[audio]: ingestion."""
 
     queue_frames: int = 25  # incoming 20 ms frames buffered before the oldest are dropped (500 ms)
+    jitter: str = "adaptive"  # receive jitter buffer: "adaptive" (server/media/jitter.py) or "aiortc" (fixed 80 ms)
+    jitter_max_ms: float = 100.0  # ms, ceiling on the adaptive buffer's target delay
 
     def __post_init__(self) -> None:
         _check(2 <= self.queue_frames <= 500, "audio.queue_frames", self.queue_frames, "in 2..500")
+        _check(self.jitter in ("adaptive", "aiortc"), "audio.jitter", self.jitter, '"adaptive" or "aiortc"')
+        _check(isinstance(self.jitter_max_ms, int | float) and 0 <= self.jitter_max_ms <= 1000, "audio.jitter_max_ms", self.jitter_max_ms, "in 0..1000 ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +138,41 @@ class StageConfig:
     keyframe_interval_s: float = 2.0  # s, longest time between two keyframes of the viewers' video
     keyframe_min_gap_s: float = 0.5  # s, shortest time between keyframes asked for by joins and PLI/FIR
     min_bitrate_kbps: int = 150  # kbit/s, floor for the viewers' shared video rate (the slowest REMB lowers it)
+    record: bool = False  # record every stage from its start (WebM, no re-encode) into record_dir
+    record_dir: str = ""  # where recordings go ("" = <avatars.data_dir>/recordings)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.max_viewers, int) and 0 <= self.max_viewers <= 1000, "stage.max_viewers", self.max_viewers, "an integer in 0..1000")
         _check(0.5 <= self.keyframe_interval_s <= 60.0, "stage.keyframe_interval_s", self.keyframe_interval_s, "in 0.5..60 s")
         _check(0.05 <= self.keyframe_min_gap_s <= self.keyframe_interval_s, "stage.keyframe_min_gap_s", self.keyframe_min_gap_s, "in 0.05 s..stage.keyframe_interval_s")
         _check(30 <= self.min_bitrate_kbps <= 10_000, "stage.min_bitrate_kbps", self.min_bitrate_kbps, "in 30..10000 kbit/s")
+        _check(isinstance(self.record, bool), "stage.record", self.record, "true or false")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    """[publish]: send every stage's program once to an SFU (which fans it out)."""
+
+    janus_url: str = ""  # Janus HTTP API, e.g. "http://janus.example:8088/janus"; "" = off
+    room: int = 1234  # Janus VideoRoom room id (created when it does not exist)
+    room_secret: str = ""  # the room's secret, used when this server creates the room
+    room_pin: str = ""  # the room's PIN, when it has one
+    token: str = ""  # Janus token (token_auth), when Janus requires one
+    api_secret: str = ""  # Janus API secret, when Janus requires one
+    display: str = ""  # the publisher's display name in the room ("" = "avatar <stage id>")
+    whip_url: str = ""  # a WHIP endpoint (RFC 9725: LiveKit Ingress, Cloudflare, mediamtx, SRS); "" = off
+    whip_token: str = ""  # sent as "Authorization: Bearer <token>" to the WHIP endpoint
+
+    def __post_init__(self) -> None:
+        for key in ("janus_url", "whip_url"):
+            url = getattr(self, key)
+            _check(url == "" or url.startswith(("http://", "https://")), f"publish.{key}", url, 'an http(s):// URL or ""')
+        _check(isinstance(self.room, int) and 1 <= self.room < 2**53, "publish.room", self.room, "a positive integer")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any target is configured."""
+        return bool(self.janus_url or self.whip_url)
 
 
 def _default_data_dir() -> Path:
@@ -164,6 +197,7 @@ class AppConfig:
     visemes: VisemeConfig = field(default_factory=VisemeConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     avatars: AvatarsConfig = field(default_factory=AvatarsConfig)
     animation: dict[str, Any] = field(default_factory=dict)  # → AnimationConfig(**animation)
     seed: int = 0  # seeds per-session animation randomness (session i uses seed + i)
@@ -200,6 +234,7 @@ _SECTIONS: dict[str, type] = {
     "visemes": VisemeConfig,
     "video": VideoConfig,
     "stage": StageConfig,
+    "publish": PublishConfig,
     "avatars": AvatarsConfig,
 }
 

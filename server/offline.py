@@ -58,27 +58,29 @@ def audio_duration(path: Path) -> float:
 
 
 def live_frames(path: Path) -> Iterator[av.AudioFrame]:
-    """Decode any audio file into 20 ms 48 kHz stereo s16 frames (the last one zero-padded)."""
+    """Decode any audio file into 20 ms frames of 48 kHz stereo s16, (1, 2 * 960) interleaved.
+
+    Every decoded sample comes out, in order; only the final partial frame is zero-padded to
+    960 samples. A file with no samples yields no frames.
+    """
     container = _open(path)
     try:
         resampler = av.AudioResampler(format="s16", layout="stereo", rate=LIVE_RATE)
         fifo = av.AudioFifo()
         try:
-            decoded = container.decode(audio=0)
-            for frame in decoded:
+            for frame in container.decode(audio=0):
                 frame.pts = None
                 for out in resampler.resample(frame):
                     fifo.write(out)
-                while fifo.samples >= LIVE_FRAME:
-                    chunk = fifo.read(LIVE_FRAME)
-                    assert chunk is not None
-                    yield _plain(chunk)
+                yield from _whole_frames(fifo)
+            # the resampler's flush can hand back more than one frame's worth (its delay)
+            for out in resampler.resample(None):
+                fifo.write(out)
         except av.error.FFmpegError as e:
             raise MediaError(f"cannot decode audio file {path}: {e}") from e
-        for out in resampler.resample(None):
-            fifo.write(out)
+        yield from _whole_frames(fifo)
         rest = fifo.samples
-        if rest:
+        if rest:  # 0 < rest < LIVE_FRAME
             last = fifo.read(rest)
             assert last is not None
             tail = last.to_ndarray()  # (1, 2 * rest) interleaved s16
@@ -87,6 +89,14 @@ def live_frames(path: Path) -> Iterator[av.AudioFrame]:
             yield _plain(av.AudioFrame.from_ndarray(pad, format="s16", layout="stereo"))
     finally:
         container.close()
+
+
+def _whole_frames(fifo: av.AudioFifo) -> Iterator[av.AudioFrame]:
+    """Read every whole 960-sample frame the FIFO holds (leaves fewer than 960 samples)."""
+    while fifo.samples >= LIVE_FRAME:
+        chunk = fifo.read(LIVE_FRAME)
+        assert chunk is not None
+        yield _plain(chunk)
 
 
 def _plain(frame: av.AudioFrame) -> av.AudioFrame:
@@ -104,6 +114,7 @@ class OfflineResult:
     lookahead_hops: int
     model: str
     video_frames: int = 0
+    latency_s: float | None = None  # median audio frame arrival → frame that reflects it, s (as live)
 
     def __repr__(self) -> str:  # short: asyncio formats task results into messages
         return (
@@ -156,8 +167,11 @@ async def run_offline(
             pass
         return OfflineResult(visemes, n_audio * FRAME_S, pipeline.lookahead_hops, models.visemes.name)
 
+    latencies: list[float] = []
+
     async def produce(t: float) -> tuple[np.ndarray, list[float]]:
         yuv, sources, _ = pipeline.produce(t)
+        latencies.extend(t - s for s in sources)
         return yuv, sources
 
     track = AvatarVideoTrack(produce, clock, cfg.video.fps, None)
@@ -180,7 +194,8 @@ async def run_offline(
         track.stop()
     if on_progress is not None:
         on_progress(n_audio * FRAME_S)
-    return OfflineResult(visemes, n_audio * FRAME_S, pipeline.lookahead_hops, models.visemes.name, index)
+    latency = float(np.median(latencies)) if latencies else None
+    return OfflineResult(visemes, n_audio * FRAME_S, pipeline.lookahead_hops, models.visemes.name, index, latency)
 
 
 class _NoRenderer:
@@ -321,16 +336,19 @@ class Mp4Writer:
     def _encode_audio(self, path: Path) -> None:
         try:
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=LIVE_RATE)
+            samples = 0
             for frame in live_frames(path):
                 for out in resampler.resample(frame):
-                    out.pts = None
+                    out.time_base = Fraction(1, LIVE_RATE)  # stamped, so close() can shift them
+                    out.pts = samples
+                    samples += out.samples
                     self._audio_packets.extend(self.audio.encode(out))
             self._audio_packets.extend(self.audio.encode(None))
         except BaseException as e:  # reported at close()
             self._audio_error = e
 
-    def close(self) -> None:
-        """Finish encoding, mux the audio, close the file."""
+    def close(self, audio_delay_s: float = 0.0) -> None:
+        """Finish encoding, mux the audio ``audio_delay_s`` later than the video's start, close."""
         self._queue.put(self._DONE)
         self._thread.join()
         if self._audio_thread is not None:
@@ -338,6 +356,13 @@ class Mp4Writer:
         try:
             if self._error is None and self._audio_error is None:
                 for packet in self._audio_packets:
+                    if audio_delay_s and packet.pts is not None:
+                        if packet.time_base is None:  # the encoder's: 1/48000
+                            packet.time_base = Fraction(1, LIVE_RATE)
+                        shift = int(round(audio_delay_s / packet.time_base))
+                        packet.pts += shift
+                        if packet.dts is not None:
+                            packet.dts += shift
                     self.container.mux(packet)
         finally:
             self.container.close()
@@ -347,7 +372,14 @@ class Mp4Writer:
 
 
 def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, avatar: str | None, progress: bool = True) -> OfflineResult:
-    """``avatar render``: audio file → MP4 with the avatar video and the original audio."""
+    """``avatar render``: audio file → MP4 with the avatar video and the original audio.
+
+    The video runs for the decoded audio (whole 20 ms frames) plus ``TAIL_S``; a file with no
+    samples gives just that tail of resting mouth, with no audio track. The audio is muxed
+    delayed by the pipeline's own latency (each 20 ms frame's end + the median time until the
+    frame that reflects it), the rule a live stage applies to its viewers: each sound plays
+    with the frame that shows its mouth.
+    """
     from tqdm import tqdm
 
     total = audio_duration(path)
@@ -358,9 +390,11 @@ def render_file(path: Path, out: Path, cfg: AppConfig, models: SharedModels, ava
         bar.n = round(min(t, total), 1)
         bar.refresh()
 
+    result: OfflineResult | None = None
     try:
         result = asyncio.run(run_offline(path, cfg, models, avatar=avatar, on_video=writer.add_video, on_progress=on_progress))
     finally:
-        writer.close()
+        delay = FRAME_S + result.latency_s if result is not None and result.latency_s is not None else 0.0
+        writer.close(audio_delay_s=min(delay, TAIL_S))
         bar.close()
     return result

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import av
@@ -28,10 +30,10 @@ from engines.spec import VISEMES
 from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
-from server.media import vp8
+from server.media import jitter, vp8
 from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
-from server.pipeline.runner import AvatarPipeline, SharedModels
+from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
 from server.pipeline.types import VisemeFrame
 from server.render.base import Renderer
 from server.stage import Stage
@@ -70,10 +72,13 @@ class Session:
         self.scale = 1.0  # the scale the pipeline's renderer draws at now
         self.scaled_frames = 0  # frames sent at a reduced scale
         self._renderers: dict[tuple[str, int, int], Renderer] = {}  # the current avatar's, per size (worker thread only)
+        self._matte_renderer: Renderer | None = None  # draws without background, for alpha outputs (worker thread)
+        self._matte_key: tuple[str, int, int] | None = None
         self._rescaling: asyncio.Task[None] | None = None
         self.channel: Any = None  # the `visemes` RTCDataChannel, if the client opened one
         self.tasks: set[asyncio.Task[Any]] = set()
         self._audio = AudioFeed(cfg.audio.queue_frames)  # drained audio → the pipeline (drops the oldest)
+        self.jitter: jitter.ReceiveJitter | None = None  # the mic receiver's jitter buffer (server/media/jitter.py)
         self.latency = RollingStats()
         self.fps = FpsMeter()
         self.created = time.monotonic()
@@ -153,8 +158,13 @@ class Session:
             self.pipeline = None
             self.video = None
             raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
+        self.jitter = jitter.install_audio(self.pc, self.cfg.audio.jitter, self.cfg.audio.jitter_max_ms)
         self.pc.addTrack(self.video)
         self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
+        if self.cfg.publish.enabled:
+            self.spawn(self.stage.publish(self.cfg.publish), "publish")
+        if self.cfg.stage.record:
+            await self.set_recording(True)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.spawn(self._process_audio(), "process-audio")
@@ -281,12 +291,31 @@ class Session:
     async def _produce(self, t: float) -> tuple[np.ndarray, list[float]]:
         assert self.pipeline is not None
         loop = asyncio.get_running_loop()
-        yuv, sources, _ = await loop.run_in_executor(self.executor, self.pipeline.produce, t)
+        alpha = self.stage is not None and self.stage.wants_alpha
+        yuv, sources, matte = await loop.run_in_executor(self.executor, self._produce_sync, t, alpha)
         if self.scale < 1.0:
             self.scaled_frames += 1
         if self.stage is not None:  # the same frame, for the stage's viewers (encoded once)
-            self.stage.video_frame(yuv, int(round(t * self.cfg.video.fps)))
+            index = int(round(t * self.cfg.video.fps))
+            self.stage.video_frame(yuv, index)
+            if matte is not None:
+                self.stage.alpha_frame(matte, index)
         return yuv, sources
+
+    def _produce_sync(self, t: float, alpha: bool) -> tuple[np.ndarray, list[float], np.ndarray | None]:
+        """(worker thread) The frame at stream time ``t``; with ``alpha`` also the same state
+        drawn without background, packed colour | matte side by side (I420, twice the width)."""
+        assert self.pipeline is not None
+        yuv, sources, state = self.pipeline.produce(t)
+        if not alpha or self.avatar is None:
+            return yuv, sources, None
+        w, h = self.pipeline.renderer.size
+        key = (self.avatar, w, h)
+        renderer = self._matte_renderer if self._matte_key == key else None
+        if renderer is None:
+            renderer = self.models.registry.create(self.avatar, (w, h), transparent=True)
+            self._matte_renderer, self._matte_key = renderer, key
+        return yuv, sources, rgba_to_i420(pack_matte(renderer.render(state)))
 
     def _video_latency_s(self) -> float | None:
         """Median source audio in → frame out latency so far, s (None before any)."""
@@ -294,11 +323,34 @@ class Session:
         return None if p50 is None else p50 / 1000.0
 
     def _on_audience(self, event: dict[str, Any]) -> None:
-        """A viewer's reaction or comment: shown on the speaker's page."""
+        """A viewer's reaction or comment: shown on the speaker's page; a reaction also moves
+        the avatar's face (``[animation] audience_reactions``)."""
         async def send() -> None:
+            pipeline = self.pipeline
+            if event.get("type") == "reaction" and pipeline is not None and self.video is not None:
+                t = self.video.frames / self.cfg.video.fps
+                # in the session's worker thread, which owns the animator
+                moved = await asyncio.get_running_loop().run_in_executor(self.executor, pipeline.animator.react, str(event["kind"]), t)
+                event["animated"] = bool(moved)
             await self._send({"v": 1, "type": "event", "name": "audience", "data": event})
 
         self.spawn(send(), "audience")
+
+    def record_dir(self) -> Path:
+        """Where this server writes stage recordings."""
+        d = self.cfg.stage.record_dir
+        return Path(os.path.expanduser(d)) if d else self.cfg.avatars.data_dir / "recordings"
+
+    async def set_recording(self, on: bool) -> dict[str, Any]:
+        """Start or stop recording the stage; returns what the speaker is told."""
+        if self.stage is None:
+            raise ProtocolError("state", "record before offer")
+        if on:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            rec = await self.stage.start_recording(self.record_dir() / f"{stamp}-{self.stage_id}.webm")
+            return {"recording": True, "file": rec.path.name}
+        done = await self.stage.stop_recording()
+        return {"recording": False, **({"file": done["file"], "video_packets": done["video_packets"]} if done else {})}
 
     async def stage_request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
         """A request for this session's stage: ``whep_offer`` (sdp), ``whep_delete`` (viewer), ``info``."""
@@ -306,7 +358,7 @@ class Session:
         if stage is None or self.closed:
             raise ProtocolError("stage_not_live", f"the stage {self.stage_id} has not started yet: the speaker has not started the call")
         if action == "whep_offer":
-            vid, sdp = await stage.add_viewer(str(data.get("sdp", "")))
+            vid, sdp = await stage.add_viewer(str(data.get("sdp", "")), alpha=bool(data.get("alpha")))
             return {"viewer": vid, "sdp": sdp}
         if action == "whep_delete":
             if not await stage.remove_viewer(str(data.get("viewer", ""))):
@@ -390,6 +442,7 @@ class Session:
             "adapt": {"downs": self.guard.downs, "ups": self.guard.ups, "late_ticks": self.guard.late_ticks},
             "audio_frames": self.audio_frames,
             "audio_drops": self.audio_drops,
+            "jitter": self.jitter.stats() if self.jitter is not None else None,
             "latency_ms": self.latency.summary(),
             "lookahead_ms": self.pipeline.lookahead_hops * 10 if self.pipeline else None,
             "tasks": len(self.tasks),
@@ -420,6 +473,8 @@ class Session:
             await self.stage.close("the speaker has left: the stage has ended")
         if self.video is not None:
             self.video.stop()
+        if self.jitter is not None:
+            self.jitter.close()
         await self.pc.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.on_closed is not None:
@@ -437,3 +492,13 @@ def sessions_summary(sessions: list[Session], **extra: Any) -> dict[str, Any]:
         "loop_tasks": len(asyncio.all_tasks()),
     }
 
+
+def pack_matte(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) premultiplied RGBA → (H, 2W, 4) opaque: the colour on the left, the alpha as
+    grey on the right (WebRTC carries no alpha; the OBS page puts it back together)."""
+    h, w = rgba.shape[:2]
+    out = np.empty((h, 2 * w, 4), np.uint8)
+    out[:, :w, :3] = rgba[..., :3]
+    out[:, w:, 0] = out[:, w:, 1] = out[:, w:, 2] = rgba[..., 3]
+    out[..., 3] = 255
+    return out

@@ -78,7 +78,13 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
             raise ProtocolError("bad_control", f"avatar must be a name, got {name!r}")
         await session.set_avatar(name)
         return {"v": PROTOCOL_VERSION, "type": "event", "name": "avatar", "data": {"avatar": name}}
-    raise ProtocolError("bad_control", f"unknown control action {action!r}; expected ping, set_emotion or set_avatar")
+    if action == "record":
+        on = msg.get("on", True)
+        if not isinstance(on, bool):
+            raise ProtocolError("bad_control", f"on must be true or false, got {str(on)[:40]!r}")
+        data = await session.set_recording(on)
+        return {"v": PROTOCOL_VERSION, "type": "event", "name": "recording", "data": data}
+    raise ProtocolError("bad_control", f"unknown control action {action!r}; expected ping, set_emotion, set_avatar or record")
 
 
 def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: str | None = None) -> dict[str, Any]:

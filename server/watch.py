@@ -26,6 +26,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtcpSrPacket
+from numpy.typing import NDArray
 
 from server.client import ClientError, FrameRecord, FrameWorker, rtc_configuration
 
@@ -128,7 +129,12 @@ def _watch_sender_reports(pc: RTCPeerConnection, reports: dict[str, SenderReport
 class WatchClient:
     """One viewer: ``await start()``, ``await watch(seconds)``, and always ``await close()``."""
 
-    def __init__(self, url: str, *, record: Path | None = None, audio: bool = True, timeout: float = 20.0) -> None:
+    def __init__(self, url: str, *, record: Path | None = None, audio: bool = True, timeout: float = 20.0,
+                 measure_sync: bool = False, video_codecs: tuple[str, ...] | None = None) -> None:
+        """``measure_sync``: measure the mouth in every frame and keep the received audio, for
+        :meth:`sync_offsets` (costs a decode and a measure per frame). ``video_codecs``: offer
+        only these (e.g. ``("h264",)``, as a player without VP8 would)."""
+        self.video_codecs = video_codecs
         self.base, self.stage = split_watch_url(url)
         self.stats = WatchStats(stage=self.stage)
         self.want_audio = audio
@@ -137,7 +143,13 @@ class WatchClient:
         self.channel: Any = None
         self.location: str | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._worker = FrameWorker(record, None) if record is not None else None
+        mouth = None
+        if measure_sync:
+            from server.client import load_mouth_measure
+
+            mouth = load_mouth_measure()
+        self._worker = FrameWorker(record, mouth) if record is not None or mouth is not None else None
+        self.audio_pcm: list[tuple[int, NDArray[np.int16]]] | None = [] if measure_sync else None  # (RTP ts, mono)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._t_post: float | None = None
         self.ended = asyncio.Event()
@@ -154,7 +166,11 @@ class WatchClient:
         """Subscribe (POST the offer, apply the answer). Raises :class:`ClientError`."""
         self._http = aiohttp.ClientSession()
         pc = self.pc = RTCPeerConnection(rtc_configuration(()))
-        pc.addTransceiver("video", direction="recvonly")
+        video = pc.addTransceiver("video", direction="recvonly")
+        if self.video_codecs is not None:
+            wanted = {f"video/{c.lower()}" for c in self.video_codecs} | {"video/rtx"}
+            caps = RTCRtpReceiver.getCapabilities("video")
+            video.setCodecPreferences([c for c in (caps.codecs if caps else []) if c.mimeType.lower() in wanted])
         if self.want_audio:
             pc.addTransceiver("audio", direction="recvonly")
         self.channel = pc.createDataChannel("stage")
@@ -226,9 +242,49 @@ class WatchClient:
                     self._worker.video(frame, rec, now - (self._t_post or now))
             elif isinstance(frame, av.AudioFrame):
                 self.stats.audio.append((now, int(frame.pts or 0), frame.samples))
+                if self.audio_pcm is not None:
+                    pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+                    self.audio_pcm.append((int(frame.pts or 0), np.ascontiguousarray(pcm[:, 0])))
                 if self._worker is not None:
                     pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
                     self._worker.audio(np.ascontiguousarray(pcm[:, 0]).astype(np.int16), int(frame.pts or 0))
+
+    def sync_offsets(self) -> list[tuple[float, float]]:
+        """(speech onset, mouth onset − speech onset) in s per utterance, on the sender's
+        wallclock as a browser would line the two tracks up (RTCP sender reports)."""
+        from server.sync import av_offsets
+
+        vsr, asr = self.stats.video_sr, self.stats.audio_sr
+        vorigin, aorigin = self._rtp_origin("video"), self._rtp_origin("audio")
+        if self.audio_pcm is None or not self.audio_pcm or not vsr.pairs or not asr.pairs or vorigin is None or aorigin is None:
+            return []
+        times, mouth = [], []
+        for rec, pts in zip(self.stats.frames, self.stats.video_pts, strict=True):
+            t = vsr.wallclock((pts + vorigin) % (1 << 32), 90_000)
+            if t is not None and rec.mouth is not None:
+                times.append(t)
+                mouth.append(rec.mouth)
+        chunks = sorted(self.audio_pcm, key=lambda c: c[0])
+        first = chunks[0][0]
+        total = (chunks[-1][0] - first) % (1 << 32) + chunks[-1][1].size
+        buf = np.zeros(total, np.float64)  # lost packets stay silent: the time line holds
+        for ts, pcm in chunks:
+            k = (ts - first) % (1 << 32)
+            buf[k : k + pcm.size] = pcm[: max(0, total - k)] / 32768.0
+        t0 = asr.wallclock((first + aorigin) % (1 << 32), 48_000)
+        assert t0 is not None
+        return av_offsets(buf, 48_000, t0, np.asarray(times), np.asarray(mouth))
+
+    def _rtp_origin(self, kind: str) -> int | None:
+        """The first RTP timestamp of the ``kind`` track: aiortc's frames count from it."""
+        if self.pc is None:
+            return None
+        for t in self.pc.getTransceivers():
+            if t.kind == kind:
+                mapper = getattr(t.receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+                origin = getattr(mapper, "_origin", None)
+                return int(origin) if origin is not None else None
+        return None
 
     async def watch(self, seconds: float) -> None:
         """Receive for ``seconds`` (or until the stage ends)."""
@@ -250,6 +306,7 @@ class WatchClient:
             await self._http.close()
         if self._worker is not None:
             await asyncio.to_thread(self._worker.close)
+            self._worker = None
 
 
 async def run_watch(url: str, seconds: float, record: Path | None, stats: Path | None) -> WatchStats:

@@ -1,4 +1,4 @@
-"""Shared fixtures: speech generated with espeak-ng, the private-network check."""
+"""Shared fixtures: speech generated with espeak-ng, the private-network check, ../shared data."""
 
 from __future__ import annotations
 
@@ -13,8 +13,20 @@ import pytest
 from tests.server_proc import DataDirServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-DEV_SPEECH = SHARED / "data" / "dev-speech"
+SHARED = ROOT.parent / "shared"  # the shared data folder beside the checkout (not in git)
+DEV_SPEECH = SHARED / "data" / "dev-speech"  # real recordings: audio/, ASR_*.json, noise/, rir/
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` (in ``SHARED``, e.g. ``DEV_SPEECH / "noise"``) if it exists; else skip the test
+    with the reason, or fail it when ``CI=true`` (CI always has ../shared, so a skip there would
+    hide a broken checkout)."""
+    if path.exists():
+        return path
+    reason = f"needs {path}: the shared data folder ../shared beside the checkout is missing it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: it must be there)", pytrace=False)
+    pytest.skip(reason)
 
 
 def in_test_netns() -> bool:

@@ -446,3 +446,34 @@ def test_every_field_stays_in_its_documented_range() -> None:
         assert 0.0 <= s.eye_open_l <= 1.3 and 0.0 <= s.eye_open_r <= 1.3
         assert max(abs(s.head_yaw), abs(s.head_pitch), abs(s.head_roll)) < 0.5
         assert s.emotion in EMOTIONS and abs(sum(s.emotion_weights) - 1.0) < 1e-6
+
+
+def test_audience_reactions_move_the_face() -> None:
+    """A laugh brightens the smile, a question raises the brows, applause nods; each fades; and
+    reactions can be switched off."""
+    from server.pipeline.animation import REACTION_EFFECTS, AnimationConfig, Animator
+
+    def run(kind: str | None, cfg: AnimationConfig) -> list[AnimationState]:
+        a = Animator(cfg, seed=3)
+        out = []
+        for i in range(120):  # 4 s at 30 fps, reaction at 1 s
+            t = i / 30.0
+            if kind is not None and i == 30:
+                a.react(kind, t)
+            out.append(a.sample(t))
+        return out
+
+    cfg = AnimationConfig(emotion="neutral")
+    base = run(None, cfg)
+    for kind, field, sign in (("laugh", "smile", 1), ("question", "brow_raise", 1), ("applause", "head_pitch", 1)):
+        got = run(kind, cfg)
+        delta = [sign * (getattr(g, field) - getattr(b, field)) for g, b in zip(got, base, strict=True)]
+        amount = next(a for k, a, _ in REACTION_EFFECTS[kind] if k == field)
+        assert max(delta[30:75]) > 0.4 * amount, (kind, field, max(delta), amount)
+        assert abs(delta[-1]) < 0.02, f"{kind} did not fade: {delta[-1]}"
+        assert max(abs(d) for d in delta[:30]) < 1e-9, "the face moved before the reaction"
+    off = AnimationConfig(emotion="neutral", audience_reactions=False)
+    a = Animator(off, seed=3)
+    assert a.react("laugh", 0.0) is False
+    with pytest.raises(ValueError, match="boo"):
+        Animator(cfg).react("boo")

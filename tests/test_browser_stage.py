@@ -31,6 +31,23 @@ AUDIO_STATS_JS = """async () => {
 }"""
 
 
+def check_transparent(png: Path) -> None:
+    """The page's checkerboard shows where the avatar has no pixels (the frame's corners), and the
+    avatar covers it in the middle: the OBS page is transparent around the avatar."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imread(str(png))[..., ::-1].astype(np.int32)
+    # 32 px checker cells: (8, 8) and (40, 40) lie in cells of one colour, (40, 8) and (8, 40) in the other
+    first = 0 if img[8, 8].max() < 128 else 255
+    for (x, y), want in (((8, 8), first), ((40, 40), first), ((40, 8), 255 - first), ((8, 40), 255 - first)):
+        px = img[y, x]
+        assert np.abs(px - want).max() <= 40, f"corner pixel {(x, y)} is {px.tolist()}, not the checkerboard's {want}: {png}"
+    centre = img[240:272, 240:272].reshape(-1, 3)
+    cells = np.abs(centre[:, None, :] - np.array([[0, 0, 0], [255, 255, 255]])[None]).max(axis=2).min(axis=1)
+    assert (cells > 40).mean() > 0.9, f"the avatar does not cover the middle of the OBS page: {png}"
+
+
 async def test_share_watch_react_and_end(server: Server, speech_wav: Path, tmp_path: Path) -> None:
     async with browser_page(tmp_path / "speaker", server.url, speech_wav) as (speaker, errors):
         await speaker.goto(server.url + "/")
@@ -65,12 +82,20 @@ async def test_share_watch_react_and_end(server: Server, speech_wav: Path, tmp_p
             await speaker.wait_for_function("() => window.avatarClient.stats.audience.length > 0", timeout=5_000)
             feed = await speaker.inner_text("#audience-feed")
             assert "applause" in feed
+            audience = await speaker.evaluate("window.avatarClient.stats.audience")
+            assert audience[0]["animated"] is True, audience  # the avatar nodded
 
-            # the OBS page: video only
+            # the OBS page, video only: real transparency over a checkerboard
             obs = await viewer.context.new_page()
             await obs.goto(obs_url + "&audio=0")
-            await obs.wait_for_function("() => window.avatarObs.state === 'live'", timeout=20_000)
+            await obs.wait_for_function("() => window.avatarObs.state === 'live' && window.avatarObs.framesDrawn > 20", timeout=20_000)
             assert await obs.evaluate("document.querySelector('video').srcObject.getAudioTracks().length") == 0
+            await obs.add_style_tag(content="html { background: repeating-conic-gradient(#000 0 25%, #fff 0 50%) 0 0 / 64px 64px; }")
+            await asyncio.sleep(0.3)
+            shot = tmp_path / "obs.png"
+            await obs.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 512, "height": 512})
+            check_transparent(shot)
+            await obs.close()
 
             # the speaker stops: the viewer is told
             await speaker.click("#btn-stop")

@@ -29,7 +29,7 @@ from engines.features import logmel
 from engines.phonemes import espeak_to_visemes, festival_to_visemes
 from engines.spec import HOP_LENGTH, N_MELS, SAMPLE_RATE, VISEME_INDEX
 
-from .conftest import DEV_SPEECH
+from .conftest import DEV_SPEECH, require_shared
 
 VOWELS = [VISEME_INDEX[v] for v in ("aa", "E", "I", "O", "U")]
 HISS = [VISEME_INDEX["SS"], VISEME_INDEX["CH"]]
@@ -171,8 +171,7 @@ def test_flite_phone_times_match_audio() -> None:
 
 
 def test_flite_fraction_adds_flite_utterances_and_keeps_old_corpora(tmp_path: Path) -> None:
-    if not (DEV_SPEECH / "noise").is_dir():
-        pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
+    require_shared(DEV_SPEECH / "noise")
     # each shard is made in a fresh process (espeak keeps state between calls)
     cfgs = {"plain": small_cfg(5), "zero": replace(small_cfg(5), flite_fraction=0.0),
             "mixed": replace(small_cfg(5), festival_fraction=0.2, flite_fraction=0.6)}
@@ -252,21 +251,27 @@ def test_opus_roundtrip_is_realigned() -> None:
     assert 50 < aug.opus_delay_samples() < 400
 
 
-def test_reverb_keeps_direct_path_aligned() -> None:
-    rng = np.random.default_rng(0)
+def _direct_path_aligned(rirs: list[np.ndarray]) -> None:
     x = _click_track(16000, [8000])
-    rirs = [aug.synthetic_rir(rng, 0.5)]
-    if (DEV_SPEECH / "rir").is_dir():
-        rirs += aug.NoiseBank.load(DEV_SPEECH).rirs
     for rir in rirs:
         y = aug.reverb(x, rir)
         assert int(np.argmax(np.abs(y))) == 8000
 
 
+def test_reverb_keeps_direct_path_aligned() -> None:
+    _direct_path_aligned([aug.synthetic_rir(np.random.default_rng(0), 0.5)])
+
+
+def test_reverb_keeps_direct_path_aligned_with_recorded_rooms() -> None:
+    require_shared(DEV_SPEECH / "rir")
+    rirs = aug.NoiseBank.load(DEV_SPEECH).rirs
+    assert rirs
+    _direct_path_aligned(rirs)
+
+
 @pytest.fixture(scope="module")
 def bank() -> aug.NoiseBank:
-    if not (DEV_SPEECH / "noise").is_dir():
-        pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
+    require_shared(DEV_SPEECH / "noise")
     return aug.NoiseBank.load(DEV_SPEECH)
 
 
@@ -330,8 +335,7 @@ def small_cfg(seed: int, val: bool = False) -> GenConfig:
 
 
 def test_shards_are_deterministic_and_round_trip(tmp_path: Path) -> None:
-    if not (DEV_SPEECH / "noise").is_dir():
-        pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
+    require_shared(DEV_SPEECH / "noise")
     # generate() makes each shard in a fresh forked process: same seed, same bytes
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         assert generate(small_cfg(seed), tmp_path / name, minutes=1 / 3, jobs=1) == 1
@@ -367,8 +371,7 @@ def test_shards_are_deterministic_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_val_split_uses_held_out_voices() -> None:
-    if not (DEV_SPEECH / "noise").is_dir():
-        pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
+    require_shared(DEV_SPEECH / "noise")
     from engines.corpus.generate import (
         TRAIN_EN_ACCENTS,
         TRAIN_LANGS,

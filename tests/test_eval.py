@@ -19,6 +19,8 @@ from engines.evaluate import (
 from engines.predictor import EnergyVisemeModel
 from engines.spec import N_MELS, N_VISEMES, VISEME_INDEX
 
+from .conftest import DEV_SPEECH, require_shared
+
 
 def test_strict_accuracy() -> None:
     assert strict_accuracy(np.array([0, 1, 2, 3]), np.array([0, 1, 0, 3])) == 0.75
@@ -68,7 +70,10 @@ def test_shipped_model_beats_energy_on_real_reference() -> None:
     from engines.evaluate import real_sets, score_audio_set
     from engines.onnx_predictor import load_viseme_model
 
-    ref = real_sets()["real_reference"]
+    require_shared(DEV_SPEECH / "ASR_train.json")  # real_sets() reads engines.realdata's default root, the same folder
+    sets = real_sets()
+    assert "real_reference" in sets, f"real_reference did not load from {DEV_SPEECH} (see the log); loaded: {sorted(sets)}"
+    ref = sets["real_reference"]
     assert len(ref) >= 8
     ours = score_audio_set(load_viseme_model("default", engine="onnxruntime"), ref).summary()
     energy = score_audio_set(EnergyVisemeModel(), ref).summary()

@@ -19,9 +19,14 @@ from engines.realdata import (
 )
 from engines.spec import HOP_LENGTH, VISEME_INDEX, VISEMES
 
-from .conftest import DEV_SPEECH
+from .conftest import DEV_SPEECH, require_shared
 
-pytestmark = pytest.mark.skipif(not DEV_SPEECH.is_dir(), reason=f"no dev-speech data at {DEV_SPEECH}")
+
+@pytest.fixture(scope="module", autouse=True)
+def _dev_speech() -> None:
+    """Every test here reads the real recordings: skip without them (fail under CI=true).
+    Module-scoped and autouse, so it runs before the module's fixtures that load them."""
+    require_shared(DEV_SPEECH)
 
 
 def _hf_share(audio: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from engines.corpus.labels import phones_to_segments, segments_to_labels
 from engines.phonemes import FESTIVAL_RUSSIAN, festival_to_visemes
 from engines.spec import HOP_LENGTH, SAMPLE_RATE, VISEME_INDEX, VISEMES
 
-from .conftest import DEV_SPEECH
+from .conftest import DEV_SPEECH, require_shared
 
 RU = recorded.RECORDED_DBS["ru-nsh"][0]
 
@@ -90,8 +90,7 @@ def test_holdout_prompts_never_train(fake_db: str) -> None:
 
 
 def test_recorded_fraction_mixes_in_recordings(fake_db: str, tmp_path: Path) -> None:
-    if not (DEV_SPEECH / "noise").is_dir():
-        pytest.skip(f"no dev-speech noise at {DEV_SPEECH}")
+    require_shared(DEV_SPEECH / "noise")
     base = GenConfig(seed=3, shard_seconds=20.0, festival_fraction=0.0,
                      augment=replace(aug.AugmentConfig(), dev_speech=DEV_SPEECH))
     texts = {}

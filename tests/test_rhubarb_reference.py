@@ -17,16 +17,15 @@ from engines import evaluate, realdata
 from engines.onnx_predictor import load_viseme_model
 from engines.phonemes import rhubarb_decide
 
-from .conftest import DEV_SPEECH
+from .conftest import DEV_SPEECH, require_shared
 
 
 def test_model_beats_rhubarb_on_real_speech() -> None:
+    require_shared(DEV_SPEECH / "ASR_train.json")
     if not (rr.PREFIX / "node_modules" / "rhubarb-lip-sync-wasm" / "dist" / "index.js").is_file():
         pytest.skip("rhubarb-lip-sync-wasm not installed in bench/.rhubarb (make setup-test installs it with npm)")
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
-    if not (DEV_SPEECH / "ASR_train.json").is_file():
-        pytest.skip(f"no dev-speech recordings at {DEV_SPEECH}")
     items = realdata.load_aligned_set(names=realdata.ALL_NAMES)
     with tempfile.TemporaryDirectory(prefix="rhubarb-test-") as tmp:
         cues, _ = rr.run_rhubarb(items, with_text=False, work=Path(tmp))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import aiohttp
+import av
 import pytest
 
 from server.client import AvatarClient, load_audio
@@ -81,6 +83,9 @@ async def test_viewers_watch_a_stage(server: ServerProcess, speech_wav: Path) ->
         sess = [s for s in stats["sessions"] if s.get("stage") == stage["id"]]
         assert sess and sess[0]["viewers"] == 3, stats
         program = sess[0]["program"]
+        # the viewers' audio is delayed by the video's own latency (source in → shared encoder out)
+        lat = sess[0]["latency_ms"]["p50"]
+        assert abs(program["audio_delay_ms"] - (lat + program["video"]["encode_ms"])) < 15.0, (lat, program)
         # encoded once for all viewers: the shared encoder made about one frame per tick
         assert program["video"]["frames"] <= sess[0]["frames"] + 1, program
         assert program["video"]["keyframes"] >= 1 and program["audio"]["packets"] > 100, program
@@ -144,3 +149,108 @@ async def test_whep_refusals(server: ServerProcess, speech_wav: Path) -> None:
             assert sess and sess[0]["viewers"] == 0, "a refused offer left a viewer behind"
         finally:
             await speaker.close()
+
+
+async def test_record_a_stage(server: ServerProcess, speech_wav: Path) -> None:
+    """The speaker's ``record`` control writes the program (the shared VP8 + Opus packets, no
+    re-encode) to a WebM file that plays: video from a keyframe at the stage's rate, audio."""
+    base = server.url
+    speaker, _ = await _speaker(base, speech_wav, 10.0)
+    try:
+        await asyncio.sleep(1.0)
+        assert speaker.sig is not None
+        await speaker.sig.send("control", action="record", on=True)
+        await asyncio.sleep(4.0)
+        await speaker.sig.send("control", action="record", on=False)
+        await asyncio.sleep(1.0)
+        events = [e for e in speaker.stats.server_stats_events]
+        assert events, "no stats from the server"
+    finally:
+        await speaker.close()
+    recordings = sorted((server.log_path.parent / "data" / "recordings").glob("*.webm"))
+    assert len(recordings) == 1, recordings
+    with av.open(str(recordings[0])) as f:
+        vs, aus = f.streams.video[0], f.streams.audio[0]
+        assert vs.codec_context.name in ("vp8", "libvpx") and aus.codec_context.name in ("opus", "libopus")
+        frames = [fr for fr in f.decode(video=0)]
+    with av.open(str(recordings[0])) as f:
+        audio = sum(fr.samples for fr in f.decode(audio=0))
+    span = float(frames[-1].time - frames[0].time)
+    assert 3.0 <= span <= 5.5 and len(frames) / span > MIN_FPS, (len(frames), span)
+    assert abs(audio / 48_000 - span) < 0.5, (audio / 48_000, span)  # audio and video cover the same time
+    assert frames[0].width == 512 and frames[0].key_frame
+
+
+async def test_program_packets_keep_the_stage_clock() -> None:
+    """The shared encoders stamp packets on the stage clock: VP8 at 90 kHz, 3000 ticks a frame
+    at 30 fps (what RTP carries to every viewer), Opus at 48 kHz, 960 a packet."""
+    import numpy as np
+
+    from server.clock import MonotonicClock
+    from server.stage.program import ProgramAudio, ProgramVideoEncoder
+
+    got: list[av.Packet] = []
+    enc = ProgramVideoEncoder(asyncio.get_running_loop(), got.append, fps=30, cpu_used=-12, max_bitrate=500_000, min_bitrate=150_000)
+    try:
+        for i in range(30, 34):  # from 1 s on (a stage's viewer may join late)
+            enc.submit(np.zeros((768, 512), np.uint8), i * 3000)
+            await asyncio.sleep(0.05)
+    finally:
+        enc.close()
+    assert [p.pts for p in got] == [90_000, 93_000, 96_000, 99_000] and got[0].is_keyframe
+    audio = ProgramAudio(MonotonicClock(), None, lambda: None, 0.05)
+    packets = audio.encode(np.zeros((960, 2), np.int16), 7)
+    assert [p.pts for p in packets] == [7 * 960] and packets[0].time_base == Fraction(1, 48_000)
+
+
+async def test_avatar_client_watch_records(server: ServerProcess, speech_wav: Path, tmp_path: Path) -> None:
+    """``avatar client --watch URL --record OUT.mp4``: a headless viewer from the command line."""
+    import json
+    import sys
+
+    from tests.server_proc import ROOT
+
+    speaker, welcome = await _speaker(server.url, speech_wav, 10.0)
+    try:
+        assert speaker.stats.stage == welcome["stage"]["id"]  # type: ignore[index]
+        out, js = tmp_path / "watched.mp4", tmp_path / "watched.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "server", "client", "--watch", f"{server.url}/watch/{speaker.stats.stage}",
+            "--duration", "4", "--record", str(out), "--stats", str(js), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+    finally:
+        await speaker.close()
+    summary = json.loads(js.read_text())
+    assert summary["fps"] >= MIN_FPS and summary["audio_frames"] > 100, summary
+    with av.open(str(out)) as f:
+        assert f.streams.video and f.streams.audio
+        n = sum(1 for _ in f.decode(video=0))
+    assert n >= 3.0 * MIN_FPS, n
+
+
+async def test_h264_only_viewer(server: ServerProcess, speech_wav: Path) -> None:
+    """A viewer whose offer takes no VP8 (OBS's WHEP source, some hardware players) gets the
+    program from a shared H.264 encoder instead; VP8 viewers are unaffected."""
+    speaker, welcome = await _speaker(server.url, speech_wav, 10.0)
+    stage = welcome["stage"]
+    assert isinstance(stage, dict)
+    h264 = WatchClient(server.url + str(stage["watch"]), video_codecs=("h264",))
+    vp8 = WatchClient(server.url + str(stage["watch"]))
+    try:
+        await asyncio.sleep(0.5)
+        await h264.start()
+        await vp8.start()
+        await asyncio.sleep(4.0)
+        for v in (h264, vp8):
+            assert v.stats.fps() >= MIN_FPS, v.stats.summary()
+        stats = await get_json(server.url, "/stats")
+        sess = next(s for s in stats["sessions"] if s.get("stage") == stage["id"])
+        codecs = sorted(p["codec"] for p in sess["program"]["per_viewer"])
+        assert codecs == ["h264", "vp8"], sess["program"]["per_viewer"]
+        assert sess["program"]["h264_video"]["frames"] > 60, sess["program"]
+    finally:
+        await h264.close()
+        await vp8.close()
+        await speaker.close()

@@ -128,6 +128,15 @@ def _emotion_effects() -> NDArray[np.float64]:
 
 _EFFECTS = _emotion_effects()
 _EFFECTS.setflags(write=False)
+# What an audience reaction does to the face: (EXPR_KEYS field, amount at reaction_strength 1, s).
+REACTION_EFFECTS: dict[str, tuple[tuple[str, float, float], ...]] = {
+    "laugh": (("smile", 0.45, 1.6), ("eye_open", -0.15, 1.2)),  # a brighter smile, eyes narrowing
+    "heart": (("smile", 0.3, 1.2),),
+    "question": (("brow_raise", 0.35, 1.4), ("head_roll", 0.06, 1.4)),  # raised brows, a small tilt
+    "surprise": (("brow_raise", 0.45, 0.8), ("eye_open", 0.2, 0.8)),
+    "applause": (("head_pitch", 0.06, 0.25), ("smile", 0.2, 1.0)),  # a nod of thanks
+}
+
 # Extra spring channels after the EXPR_KEYS: head-motion amplitude, listening pose, breath depth
 # and liveliness (arousal while speaking: weight of the faster, speech-rhythm head motion).
 _AMP, _LISTEN, _DEPTH, _LIVELY = (len(EXPR_KEYS) + i for i in range(4))
@@ -170,6 +179,8 @@ class AnimationConfig:
     listen_after_s: float = 1.5  # s of silence before the listening pose
     level_prior_dbfs: float = -26.0  # dBFS, assumed speech level before the speaker is learnt
     pitch_prior_hz: float = 150.0  # Hz, assumed pitch before the speaker is learnt
+    audience_reactions: bool = True  # viewers' reactions (laugh, question, applause...) move the face
+    reaction_strength: float = 1.0  # scale of those movements, 0..2 (1 = REACTION_EFFECTS as written)
 
     def __post_init__(self) -> None:
         _validate("mouth_half_life_s", self.mouth_half_life_s, 0.001, 0.5)
@@ -192,6 +203,9 @@ class AnimationConfig:
         _validate("head_motion_rad", self.head_motion_rad, 0.0, 0.5)
         _validate("emotion_intensity", self.emotion_intensity, 0.0, 1.0)
         _validate("emotion_blend_s", self.emotion_blend_s, 0.0, 30.0)
+        _validate("reaction_strength", self.reaction_strength, 0.0, 2.0)
+        if not isinstance(self.audience_reactions, bool):
+            raise ConfigError(f"animation.audience_reactions must be true or false, got {self.audience_reactions!r}")
         _validate("listen_after_s", self.listen_after_s, 0.0, 600.0)
         _validate("level_prior_dbfs", self.level_prior_dbfs, -90.0, 0.0)
         _validate("pitch_prior_hz", self.pitch_prior_hz, 50.0, 500.0)
@@ -318,6 +332,7 @@ class Animator:
         self._expr = _Springs(ehl, x0)
         self._expr_target = x0.copy()
         self._brow_pulse_until = -math.inf
+        self._pulses: list[tuple[float, int, float]] = []  # audience reactions: (until s, field, amount)
         self._brow_pulse = 0.0
         self._nod_until = -math.inf
         self._nod = 0.0
@@ -417,6 +432,20 @@ class Animator:
             return
         self.auto = False
         self._blend_to(self._emotion_vector(emotion, float(intensity)), float(blend), t0)
+
+    def react(self, kind: str, t: float | None = None) -> bool:
+        """An audience reaction at stream time ``t`` (default: the last sampled time): a short
+        expression pulse (REACTION_EFFECTS). Returns False when reactions are switched off.
+        Raises ValueError naming an unknown kind."""
+        if kind not in REACTION_EFFECTS:
+            raise ValueError(f"reaction must be one of {', '.join(REACTION_EFFECTS)}, got {kind!r}")
+        if not self.cfg.audience_reactions or self.cfg.reaction_strength == 0.0:
+            return False
+        t0 = self._last_t if t is None else float(t)
+        self._pulses = [p for p in self._pulses if p[0] > t0][-8:]  # at most a few at once
+        for key, amount, dur in REACTION_EFFECTS[kind]:
+            self._pulses.append((t0 + dur, _E[key], amount * self.cfg.reaction_strength))
+        return True
 
     def emotion_weights(self, t: float) -> NDArray[np.float64]:
         """(len(EMOTIONS),) blended emotion weights at time ``t`` (s), sum 1."""
@@ -626,6 +655,9 @@ class Animator:
             tgt[_E["brow_raise"]] += self._brow_pulse
         if tau < self._nod_until:
             tgt[_E["head_pitch"]] += self._nod
+        for until, idx, amount in self._pulses:
+            if tau < until:
+                tgt[idx] += amount
         listen = 1.0 if listening else 0.0
         tgt[_LISTEN] = listen
         tgt[_E["brow_raise"]] += 0.15 * listen  # attentive brows

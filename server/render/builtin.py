@@ -168,7 +168,9 @@ class _Pose:
 class BuiltinRenderer:
     """One built-in character at one frame size; see the module docstring for the pipeline."""
 
-    def __init__(self, style: CharacterStyle, size: tuple[int, int] = (512, 512)) -> None:
+    def __init__(self, style: CharacterStyle, size: tuple[int, int] = (512, 512), *, transparent: bool = False) -> None:
+        """``transparent``: no background; the frame's alpha is the character's coverage
+        (premultiplied RGBA), for outputs that carry an alpha matte."""
         w, h = int(size[0]), int(size[1])
         if not (SIZE_RANGE[0] <= w <= SIZE_RANGE[1] and SIZE_RANGE[0] <= h <= SIZE_RANGE[1]):
             raise ValueError(f"frame size {size!r} outside {SIZE_RANGE[0]}..{SIZE_RANGE[1]} px per side")
@@ -186,9 +188,12 @@ class BuiltinRenderer:
         # background (opaque, pixel space)
         self._bg: NDArray[np.uint8] = np.zeros((h, w, 4), np.uint8)
         bg_surface = skia.Surface(self._bg, colorType=skia.kRGBA_8888_ColorType, alphaType=skia.kPremul_AlphaType)
-        paint_background(bg_surface.getCanvas(), style, self._lay)
+        if not transparent:
+            paint_background(bg_surface.getCanvas(), style, self._lay)
         del bg_surface
-        self._bg[..., 3] = 255
+        if not transparent:
+            self._bg[..., 3] = 255
+        self.transparent = transparent
         # torso layer at TORSO_PHASES sub-pixel offsets
         self._torso_y0 = max(0, int(math.floor(self._lay.oy + s * TORSO_TOP)))
         th = h - self._torso_y0 + int(math.ceil(BREATH_RISE * s)) + 2
@@ -748,8 +753,8 @@ class BuiltinRenderer:
         c.restore()
 
 
-def _factory(style: CharacterStyle, size: tuple[int, int] = (512, 512)) -> Renderer:
-    return BuiltinRenderer(style, size)
+def _factory(style: CharacterStyle, size: tuple[int, int] = (512, 512), transparent: bool = False) -> Renderer:
+    return BuiltinRenderer(style, size, transparent=transparent)
 
 
 def make_builtin(name: str, size: tuple[int, int] = (512, 512)) -> BuiltinRenderer:
@@ -760,7 +765,7 @@ def make_builtin(name: str, size: tuple[int, int] = (512, 512)) -> BuiltinRender
     raise KeyError(f"unknown built-in character {name!r}; known: {[s.name for s in CHARACTER_STYLES]}")
 
 
-BUILTIN_CHARACTERS: dict[str, Callable[[tuple[int, int]], Renderer]] = {
+BUILTIN_CHARACTERS: dict[str, Callable[..., Renderer]] = {
     st.name: partial(_factory, st) for st in CHARACTER_STYLES
 }
 DEFAULT_CHARACTER: str = CHARACTER_STYLES[0].name

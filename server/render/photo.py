@@ -829,7 +829,7 @@ class PhotoRenderer:
                 a1, b1 = min(r0 + e.shape[0], hh), min(c0 + e.shape[1], ww)
                 if a1 > a0 and b1 > b0:
                     maps[a0:a1, b0:b1] += e[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]
-            work[hy0:hy1, hx0:hx1] = cv2.remap(self._portrait, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+            work[hy0:hy1, hx0:hx1] = cv2.remap(self._portrait, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             self._mouth(work, p, state, maps)
         opens = (_clamp(state.eye_open_l, 0.0, 1.3), _clamp(state.eye_open_r, 0.0, 1.3))
         for eye, o in zip(self._eyes, opens, strict=True):

@@ -106,7 +106,8 @@ async def whep_offer(request: web.Request) -> web.Response:
     except UnicodeDecodeError as e:
         raise _http(400, "bad_offer", "the SDP offer is not UTF-8 text") from e
     try:
-        reply = await host.stage_request("whep_offer", {"sdp": sdp})
+        alpha = request.query.get("alpha") in ("1", "true")  # colour | matte, for the OBS page
+        reply = await host.stage_request("whep_offer", {"sdp": sdp, "alpha": alpha})
     except ProtocolError as e:
         raise _from_protocol(e) from e
     location = f"/whep/{stage_id}/{reply['viewer']}"

@@ -78,6 +78,18 @@ class PacketMailbox:
         self.delivered += 1
         return self._q.popleft()
 
+    def open(self, start: list[av.Packet] | None = None) -> None:
+        """Start taking packets; a video mailbox starts at a keyframe: ``start`` (a keyframe and
+        the frames after it, put at once even beyond the size) or the next one to come."""
+        self.closed = False
+        self._q.clear()
+        if start:
+            self._q.extend(start)
+            self.waiting_for_key = False
+            self._ready.set()
+        else:
+            self.waiting_for_key = self._keyframes
+
     def __len__(self) -> int:
         return len(self._q)
 

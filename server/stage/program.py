@@ -56,6 +56,7 @@ class _PacketVp8(RenderedVp8Encoder):
 
     def encode_packets(self, frame: av.VideoFrame, force_keyframe: bool) -> list[av.Packet]:
         """Encode one frame (pts in 1/90000 s) → its packets, stamped like the frame."""
+        pts = frame.pts  # PyAV's encode rebases the frame's pts onto the codec's time base
         c = self.codec
         now = float(frame.time) if frame.time is not None else 0.0
         rate = float(c.bit_rate or 0) if c is not None else 0.0
@@ -67,15 +68,56 @@ class _PacketVp8(RenderedVp8Encoder):
         if force_keyframe:
             frame.pict_type = av.video.frame.PictureType.I
         packets = list(c.encode(frame))
-        for p in packets:
-            p.pts = frame.pts
-            p.dts = frame.pts
+        for p in packets:  # the time base first: PyAV rescales pts when it changes
             p.time_base = VIDEO_TIME_BASE
+            p.pts = pts
+            p.dts = pts
+        return packets
+
+
+class _PacketH264:
+    """libx264 for viewers that take no VP8 (constrained baseline, no B-frames, zero latency):
+    Annex B packets, which aiortc's H.264 sender packetizes."""
+
+    def __init__(self, max_bitrate: int, gop_frames: int, fps: float) -> None:
+        self.target_bitrate = max_bitrate
+        self.gop_frames = gop_frames
+        self.fps = fps
+        self.codec: Any = None
+        self.opens = 0
+
+    def encode_packets(self, frame: av.VideoFrame, force_keyframe: bool) -> list[av.Packet]:
+        """Encode one frame (pts in 1/90000 s) → its packets, stamped like the frame."""
+        pts = int(frame.pts or 0)
+        c = self.codec
+        rate = float(c.bit_rate or 0) if c is not None else 0.0
+        if c is None or (frame.width, frame.height) != (c.width, c.height) or abs(self.target_bitrate - rate) > 0.25 * rate:
+            c = av.CodecContext.create("libx264", "w")
+            c.width, c.height = frame.width, frame.height
+            c.bit_rate = self.target_bitrate
+            c.pix_fmt = "yuv420p"
+            c.framerate = Fraction(int(round(self.fps)), 1)
+            c.time_base = Fraction(1, int(round(self.fps)))
+            c.gop_size = self.gop_frames
+            c.max_b_frames = 0
+            c.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31"}
+            c.profile = "Baseline"
+            self.codec = c
+            self.opens += 1
+        frame.pict_type = av.video.frame.PictureType.I if force_keyframe else av.video.frame.PictureType.NONE
+        frame.pts = int(round(pts * self.fps / VIDEO_CLOCK_RATE))  # libx264 counts frames
+        frame.time_base = Fraction(1, int(round(self.fps)))
+        packets = list(c.encode(frame))
+        for p in packets:
+            p.time_base = VIDEO_TIME_BASE
+            p.pts = pts
+            p.dts = pts
         return packets
 
 
 class ProgramVideoEncoder:
-    """The stage's one VP8 encoder; ``deliver(packet)`` is called on the event loop."""
+    """The stage's one video encoder (VP8, or H.264 for viewers that take nothing else);
+    ``deliver(packet)`` is called on the event loop."""
 
     def __init__(
         self,
@@ -88,18 +130,23 @@ class ProgramVideoEncoder:
         min_bitrate: int,
         key_interval_s: float = 2.0,
         key_min_gap_s: float = 0.5,
+        codec: str = "vp8",
     ) -> None:
+        if codec not in ("vp8", "h264"):
+            raise ValueError(f"stage video codec must be vp8 or h264, got {codec!r}")
         if not 0.0 < key_min_gap_s <= key_interval_s:
             raise ValueError(f"keyframe gap {key_min_gap_s!r} s must be in (0, keyframe interval {key_interval_s!r} s]")
         self._loop = loop
         self._deliver = deliver
         self.fps = fps
-        self._enc = _PacketVp8(cpu_used, max_bitrate, max(1, int(round(key_interval_s * fps))))
+        gop = max(1, int(round(key_interval_s * fps)))
+        self.codec = codec
+        self._enc: _PacketVp8 | _PacketH264 = _PacketVp8(cpu_used, max_bitrate, gop) if codec == "vp8" else _PacketH264(max_bitrate, gop, fps)
         self.max_bitrate = max_bitrate
         self.min_bitrate = min(min_bitrate, max_bitrate)
         self.key_interval_s = key_interval_s
         self.key_min_gap_s = key_min_gap_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-vp8")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"program-{codec}")
         self._pending: tuple[NDArray[np.uint8], int] | None = None  # (I420 planes, pts 1/90000 s)
         self._busy = False
         self._key_wanted = False
@@ -196,6 +243,7 @@ class ProgramVideoEncoder:
             "encode_ms": round(self.encode_ms, 2),
             "bitrate_kbps": round(self.target_bitrate / 1000),
             "opens": self._enc.opens,
+            "codec": self.codec,
         }
 
 
@@ -236,6 +284,7 @@ class ProgramAudio:
         self.pcm_sinks: list[Callable[[NDArray[np.int16], int], None]] = []
         self._video_latency_s = video_latency_s
         self.delay_s = initial_delay_s
+        self.origin: float | None = None  # clock time (s) of the stage's stream time 0 (the video's frame 0)
         self._queue: deque[tuple[float, NDArray[np.int16]]] = deque()  # (play-out time s, samples (n, 2))
         self._carry: NDArray[np.int16] = np.zeros((0, 2), np.int16)  # samples of a frame not yet sent
         self._codec: Any = None
@@ -304,15 +353,17 @@ class ProgramAudio:
         frame.time_base = AUDIO_TIME_BASE
         packets = list(self._codec.encode(frame))
         for p in packets:  # libopus's pre-skip shifts its own stamps; ours follow the clock
+            p.time_base = AUDIO_TIME_BASE  # first: PyAV rescales pts when the time base changes
             p.pts = index * AUDIO_FRAME
             p.dts = p.pts
-            p.time_base = AUDIO_TIME_BASE
         return packets
 
     async def run(self) -> None:
         """Send one packet per 20 ms tick until cancelled."""
-        start = self._clock.now()
-        index = 0
+        # packet k covers stream time k * 20 ms: the same time line as the video's frames (the
+        # recording muxes both by it; RTP gets each track's own offset and sender reports)
+        start = self.origin if self.origin is not None else self._clock.now()
+        index = max(0, int((self._clock.now() - start) / AUDIO_FRAME_S) + 1)
         while True:
             target = start + index * AUDIO_FRAME_S
             await self._clock.sleep_until(target)

@@ -1,9 +1,11 @@
-"""Reading audio/video sync back from a recording (``avatar camera --record``, ``avatar render``).
+"""Reading a recording back (``avatar camera --record``, ``avatar render``): frame times, the
+mouth per frame, the audio.
 
-The recorder stamps every video frame and every 20 ms of voice with the time it was emitted,
-so the file itself says how the mouth moved against the voice. :func:`av_offset_s` finds the
-lag that best lines the mouth's openness up with the voice's loudness envelope (positive: the
-mouth follows the voice that much later). Built-in characters only (mouth measure).
+The camera's recorder stamps every video frame and every 20 ms of voice with the time it was
+emitted, so the file itself says how the mouth moved against the voice:
+:func:`utterance_offsets` measures it per utterance with :mod:`server.sync` (mouth onset minus
+speech onset, as for a stage's viewers); an ``avatar render`` of the same speech, in sync by
+construction, is the reference. Built-in characters only (mouth measure).
 """
 
 from __future__ import annotations
@@ -14,10 +16,6 @@ from pathlib import Path
 import av
 import numpy as np
 from numpy.typing import NDArray
-
-ENVELOPE_HOP_S = 0.005  # s between envelope samples
-ENVELOPE_WIN_S = 0.03  # s, RMS window of the envelope
-MAX_LAG_S = 0.4  # s searched either way
 
 
 @dataclass
@@ -69,31 +67,10 @@ def read_recording(path: Path, character: str | None = None, measure_mouth: bool
     return Recording(np.array(times), np.array(mouth), audio, rate, start, size)
 
 
-def envelope(audio: NDArray[np.float32], rate: int, start_s: float = 0.0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Loudness envelope: (times s, RMS) every :data:`ENVELOPE_HOP_S` over :data:`ENVELOPE_WIN_S`."""
-    hop, win = int(rate * ENVELOPE_HOP_S), int(rate * ENVELOPE_WIN_S)
-    if len(audio) < win:
-        return np.zeros(0), np.zeros(0)
-    sq = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
-    starts = np.arange(0, len(audio) - win, hop)
-    rms = np.sqrt((sq[starts + win] - sq[starts]) / win)
-    return start_s + (starts + win / 2) / rate, rms
+def utterance_offsets(rec: Recording) -> list[tuple[float, float]]:
+    """(speech onset s, mouth onset − speech onset s) per utterance of the recording
+    (:func:`server.sync.av_offsets`: positive, the mouth opens after the sound starts)."""
+    from server.sync import av_offsets
 
-
-def av_offset_s(rec: Recording) -> tuple[float, float]:
-    """(lag s, correlation): the shift of the voice envelope that best matches the mouth
-    (positive: the mouth moves that much after the voice)."""
-    et, env = envelope(rec.audio, rec.rate, rec.audio_start_s)
     ok = np.isfinite(rec.mouth)
-    t, m = rec.video_t[ok], rec.mouth[ok]
-    if len(et) == 0 or len(t) < 10 or float(np.std(m)) == 0.0:
-        return float("nan"), 0.0
-    best = (float("nan"), -2.0)
-    for lag in np.arange(-MAX_LAG_S, MAX_LAG_S + 1e-9, 0.005):
-        e = np.interp(t - lag, et, env, left=0.0, right=0.0)
-        if float(np.std(e)) == 0.0:
-            continue
-        r = float(np.corrcoef(m, e)[0, 1])
-        if r > best[1]:
-            best = (round(float(lag), 3), r)
-    return best
+    return av_offsets(rec.audio.astype(np.float64), rec.rate, rec.audio_start_s, rec.video_t[ok], rec.mouth[ok])

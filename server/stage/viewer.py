@@ -2,8 +2,8 @@
 
 The viewer's offer must ask to receive video (VP8) and may ask for audio (Opus). Its tracks
 are :class:`~server.stage.outputs.EncodedTrack` s over the viewer's own mailboxes; they are
-filled only once the connection is up, and its first video packet is a keyframe asked for at
-that moment. The viewer's PLI/FIR and REMB reach the shared encoder: aiortc's sender would
+filled only once the connection is up (``on_connected``: the stage then starts its video at a
+keyframe). The viewer's PLI/FIR and REMB reach the shared encoder: aiortc's sender would
 otherwise ignore them for pre-encoded packets.
 
 A data channel labelled ``stage`` (opened by the watch page) carries the stage's events to the
@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 
 from server.config import IceServer
 from server.errors import ProtocolError
@@ -45,9 +51,19 @@ def check_offer(sdp: str) -> list[str]:
     kinds = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=") and line.split()]
     if "video" not in kinds:
         raise ProtocolError("bad_offer", f"the offer has no video m-line to receive the avatar on (media: {', '.join(kinds) or 'none'})")
-    if "vp8/90000" not in sdp.lower():
-        raise ProtocolError("bad_offer", "the offer does not accept VP8 video; this server sends VP8")
+    low = sdp.lower()
+    if "vp8/90000" not in low and "h264/90000" not in low:
+        raise ProtocolError("bad_offer", "the offer accepts neither VP8 nor H.264 video; this server sends those")
     return kinds
+
+
+def _prefer_vp8(pc: RTCPeerConnection) -> None:
+    """The video is VP8 packets: never let a negotiation pick another video codec."""
+    caps = RTCRtpSender.getCapabilities("video")
+    vp8 = [c for c in (caps.codecs if caps else []) if c.mimeType.lower() in ("video/vp8", "video/rtx")]
+    for t in pc.getTransceivers():
+        if t.kind == "video":
+            t.setCodecPreferences(vp8)
 
 
 class Viewer:
@@ -58,10 +74,16 @@ class Viewer:
         vid: str,
         ice_servers: tuple[IceServer, ...],
         want_keyframe: Callable[[], None],
+        on_connected: Callable[[Viewer], None],
         on_reaction: Callable[[Viewer, dict[str, Any]], None],
         on_gone: Callable[[Viewer], None],
+        *,
+        role: str = "viewer",
     ) -> None:
         self.id = vid
+        self.role = role  # "viewer" (answers a WHEP offer) or "publish" (offers to an SFU)
+        self.alpha = False  # takes the colour + alpha matte variant (set by the stage)
+        self.codec = "vp8"  # the video codec negotiated: "vp8", or "h264" for a viewer that takes no VP8
         ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in ice_servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self._want_keyframe = want_keyframe
@@ -74,6 +96,7 @@ class Viewer:
         self.connected_at: float | None = None
         self.closed = False
         self._senders: list[Any] = []
+        self._on_connected = on_connected
         self._on_reaction = on_reaction
         self._on_gone = on_gone
         self._tracks: list[EncodedTrack] = []
@@ -83,10 +106,9 @@ class Viewer:
             state = self.pc.connectionState
             if state == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
-                self.video.closed = False
-                self.video.waiting_for_key = True
-                self.audio.closed = not self.wants_audio
-                self._want_keyframe()
+                if self.wants_audio:
+                    self.audio.open()
+                self._on_connected(self)
             elif state in ("failed", "closed"):
                 self._on_gone(self)
 
@@ -111,6 +133,9 @@ class Viewer:
         """Apply the viewer's offer; returns the answer SDP (all ICE candidates included)."""
         kinds = check_offer(offer_sdp)
         self.wants_audio = "audio" in kinds
+        if "vp8/90000" not in offer_sdp.lower():
+            self.codec = "h264"  # (no colour + matte variant in H.264: a plain picture)
+            self.alpha = False
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as e:  # aiortc's own messages name its internals: say it in ours
@@ -129,9 +154,33 @@ class Viewer:
                 # aiortc ignores PLI/FIR for pre-encoded packets: route them to the shared encoder
                 sender._send_keyframe = self._want_keyframe  # type: ignore[method-assign]
                 self._senders.append(sender)
+        # (aiortc answers with its own codec order, VP8 first; check_offer made sure VP8 is there)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return str(self.pc.localDescription.sdp)
+
+    async def offer(self, *, audio: bool = True) -> str:
+        """Publishing: our offer (send-only VP8 video, Opus audio; all candidates included)."""
+        self.wants_audio = audio
+        video = EncodedTrack("video", self.video)
+        sender = self.pc.addTransceiver(video, direction="sendonly").sender
+        sender._send_keyframe = self._want_keyframe  # type: ignore[method-assign]
+        self._senders.append(sender)
+        self._tracks.append(video)
+        if audio:
+            track = EncodedTrack("audio", self.audio)
+            self.pc.addTransceiver(track, direction="sendonly")
+            self._tracks.append(track)
+        _prefer_vp8(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, answer_sdp: str) -> None:
+        """Publishing: apply the SFU's answer. Raises :class:`ProtocolError` (``bad_answer``)."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        except Exception as e:
+            raise ProtocolError("bad_answer", f"the SFU's SDP answer could not be applied: {type(e).__name__}") from e
 
     def remb_bitrate(self) -> int | None:
         """The receiver's latest REMB estimate, bit/s (None before the first one)."""
@@ -171,4 +220,6 @@ class Viewer:
             "video_dropped": self.video.dropped,
             "audio_sent": self.audio.delivered,
             "audio": self.wants_audio,
+            "alpha": self.alpha,
+            "codec": self.codec,
         }
