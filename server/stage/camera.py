@@ -15,6 +15,7 @@ and a recording, with live controls from the terminal.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import json
@@ -44,6 +45,7 @@ from server.errors import AvatarError, DeviceError, MediaError
 from server.offline import LIVE_FRAME, LIVE_RATE
 from server.pipeline.types import EMOTIONS
 from server.stage.local import LocalStage, Mic, _sounddevice, open_mic, pulse_available, pulse_names
+from server.stage.program import SILENT_RMS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ VMIC_SINK = "avatar_mic"
 VMIC_DESCRIPTION = "Avatar microphone"
 VMIC_LATENCY_MS = 30  # pacat's playback buffer, ms: the voice is delayed this much less
 VMIC_MAX_BUFFER_S = 0.5  # s of voice a PortAudio cable's queue holds before frames are dropped
-VMIC_PIPE_FRAMES = 2  # 20 ms frames pacat's stdin pipe holds at most (the kernel rounds up to pages)
+VMIC_PIPE_FRAMES = 4  # 20 ms frames pacat's stdin pipe holds at most (the kernel rounds up to pages)
 VMIC_STARTUP_S = 3.0  # s after pacat starts during which dropped frames count as its start-up
 STATUS_TTY_S = 0.5  # s between status line updates on a terminal
 STATUS_LOG_S = 5.0  # s between status lines when stderr is not a terminal
@@ -115,6 +117,11 @@ class VirtualCamera:
 # ------------------------------------------------------------------ virtual microphones
 
 
+def _silent(samples: NDArray[np.int16]) -> bool:
+    """True for a frame quieter than ProgramAudio's silence threshold (about -55 dBFS)."""
+    return float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) < SILENT_RMS
+
+
 class PulseVirtualMic:
     """The voice into a PulseAudio/PipeWire null sink :data:`VMIC_SINK` ("Avatar microphone");
     call apps pick its monitor as their microphone. :meth:`load` creates the sink and starts
@@ -132,6 +139,7 @@ class PulseVirtualMic:
         self.written = 0  # 20 ms frames handed to pacat
         self.dropped = 0  # frames dropped while pacat was behind
         self.startup_dropped = 0  # frames dropped in pacat's first VMIC_STARTUP_S (a fresh sink plays nothing for ~2 s)
+        self.shed = 0  # silent frames left out while a backlog waited in the pipe
         self.lost: str | None = None
 
     def load(self) -> None:
@@ -164,13 +172,26 @@ class PulseVirtualMic:
         fd = self._fd = self._proc.stdin.fileno()
         self._started = time.monotonic()
         os.set_blocking(fd, False)
-        # A small pipe: what waits in it is heard that much later, so it holds two frames (the
-        # jitter of pacat's reads) and a frame that does not fit is dropped, never delayed.
+        # A small pipe: what waits in it is heard that much later. Up to VMIC_PIPE_FRAMES ride
+        # out the jitter of our ticks and of pacat's reads; any backlog is shed in the pauses
+        # (see write), and a frame that does not fit is dropped, never delayed.
         # A one-frame write (3840 bytes < PIPE_BUF) is atomic: all of it or EAGAIN.
         with contextlib.suppress(AttributeError, OSError):
             import fcntl
 
             fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), VMIC_PIPE_FRAMES * LIVE_FRAME * 4)
+
+    def _queued(self) -> int:
+        """Bytes waiting in pacat's pipe (0 where the platform cannot say)."""
+        try:
+            import fcntl
+            import termios
+
+            buf = array.array("i", [0])
+            fcntl.ioctl(self._fd, termios.FIONREAD, buf)  # type: ignore[arg-type]
+            return int(buf[0])
+        except (ImportError, OSError, TypeError):
+            return 0
 
     async def start(self) -> None:
         """Nothing more to start (pacat runs since :meth:`load`)."""
@@ -181,6 +202,9 @@ class PulseVirtualMic:
     def write(self, samples: NDArray[np.int16], index: int) -> None:
         """One 20 ms frame (960, 2) int16 of the delayed voice (a ProgramAudio PCM sink)."""
         if self._fd is None or self._proc is None or self.lost is not None:
+            return
+        if self._queued() >= LIVE_FRAME * 4 and _silent(samples):
+            self.shed += 1  # a late tick left a backlog: drop silence to catch up, inaudibly
             return
         try:
             os.write(self._fd, np.ascontiguousarray(samples, np.int16).tobytes())
@@ -214,7 +238,7 @@ class PulseVirtualMic:
 
     def stats(self) -> dict[str, Any]:
         """JSON-able counters."""
-        return {"device": self.device, "written": self.written, "dropped": self.dropped,
+        return {"device": self.device, "written": self.written, "dropped": self.dropped, "shed": self.shed,
                 "startup_dropped": self.startup_dropped, "lost": self.lost, "latency_ms": self._latency_ms}
 
 
