@@ -397,7 +397,8 @@ def test_virtual_microphone_carries_the_delayed_speech(pulse: NullAudio, speech_
           f"{stats['voice_delay_ms']} ms + pacat {stats['virtual_mic']['latency_ms']} ms; {stats['virtual_mic']}")
     assert c_mic > 0.8 and c_vmic > 0.6, "the virtual microphone does not carry the speech"
     assert stats["mic"]["state"] == "live" and stats["mic"]["losses"] == 0
-    # a frame that finds pacat's two-frame pipe full is dropped (never delayed): rare, on a busy machine
+    # a backlog in pacat's pipe is shed in the pauses; a voiced frame that finds the pipe full is
+    # dropped (never delayed): rare, on a busy machine
     assert stats["virtual_mic"]["written"] > 6 / 0.02 and stats["virtual_mic"]["dropped"] <= 3, stats["virtual_mic"]
     assert abs(measured - expected) < 0.05, (measured, expected)
     check_no_leftovers(pulse)
