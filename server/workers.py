@@ -198,7 +198,8 @@ class _Worker:
     def _stats(self) -> dict[str, Any]:
         from server.session import sessions_summary
 
-        return sessions_summary(list(self.sessions.values()), worker=self.index, worker_pid=os.getpid())
+        summary = sessions_summary(list(self.sessions.values()), worker=self.index, worker_pid=os.getpid())
+        return {**summary, "worker": self.index, "worker_pid": os.getpid()}
 
 
 # ------------------------------------------------------------------------------- server side
