@@ -12,6 +12,10 @@ const STATS_INTERVAL_MS = 1000;
 const EMOTION_BLEND_S = 0.4;
 
 const $ = (id) => document.getElementById(id);
+// An access token from the page's link (?token=...), when the server requires one: it goes to the
+// signaling socket and the HTTP requests, and the server puts viewer tokens into the watch links.
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const authHeaders = () => (TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {});
 const ui = {
   start: $("btn-start"), stop: $("btn-stop"), retry: $("btn-retry"), dismiss: $("btn-dismiss"),
   video: $("avatar-video"), overlayTitle: $("overlay-title"), overlaySub: $("overlay-sub"),
@@ -145,7 +149,7 @@ function micErrorMessage(err) {
 
 async function loadAvatars(selectName) {
   try {
-    const r = await fetch("/avatars", { cache: "no-store" });
+    const r = await fetch("/avatars", { cache: "no-store", headers: authHeaders() });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const body = await r.json();
     const avatars = Array.isArray(body.avatars) ? body.avatars : [];
@@ -303,7 +307,7 @@ function sendWs(c, msg) {
 
 function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws`;
+  return `${proto}//${location.host}/ws${TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : ""}`;
 }
 
 function openSocket(c) {
@@ -462,7 +466,10 @@ function showShare(stage) {
   client.stats.stage = stage.id;
   const origin = window.location.origin;
   ui.shareWatch.value = origin + stage.watch;
-  ui.shareObs.value = `${origin}${stage.obs}?width=512&height=512`;
+  const obs = new URL(stage.obs, origin);
+  obs.searchParams.set("width", "512");
+  obs.searchParams.set("height", "512");
+  ui.shareObs.value = obs.href;
   ui.shareStage.textContent = stage.id;
   ui.shareCard.hidden = false;
 }
@@ -826,7 +833,7 @@ async function uploadPhoto(ev) {
   ui.uploadBtn.disabled = true;
   ui.photoMsg.textContent = "Uploading and analysing the face…";
   try {
-    const r = await fetch("/avatars/photo", { method: "POST", body: form });
+    const r = await fetch("/avatars/photo", { method: "POST", body: form, headers: authHeaders() });
     let body = null;
     const text = await r.text();
     try { body = JSON.parse(text); } catch { body = null; }

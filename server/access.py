@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from server.tokens import AccessError, Grant, TokenIssuer
 
@@ -56,7 +57,7 @@ def token_of(request: web.Request) -> str:
     return request.query.get("token", "")
 
 
-def access_middleware(access: Access) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def access_middleware(access: Access) -> Middleware:
     """An aiohttp middleware refusing requests without the role their route needs: 401 for
     no or a bad token, 403 for a token of another role or stage, each with a JSON reason."""
 

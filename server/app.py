@@ -18,14 +18,17 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from server.access import ACCESS, Access, access_middleware
 from server.avatars import AvatarRegistry
 from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
 from server.errors import AvatarError, ProtocolError
+from server.metrics import Metrics
 from server.pipeline.runner import SharedModels, load_models
 from server.session import Session, sessions_summary
 from server.signaling import PROTOCOL_VERSION, dispatch, error, parse_message, welcome
 from server.stage.http import STAGES, add_routes
+from server.tokens import TokenIssuer, is_loopback, load_secret
 from server.workers import RemoteSession, WorkerPool
 
 
@@ -67,14 +70,18 @@ POOL = web.AppKey("pool", WorkerPool)
 SESSIONS = web.AppKey("sessions", dict[str, SessionHandle])
 CLOCK = web.AppKey("clock", Clock)
 COUNTER = web.AppKey("counter", Iterator[int])
+METRICS = web.AppKey("metrics", Metrics)
 CLIENT_DIR = ROOT / "client_web"
 MAX_PHOTO_BYTES = 15 * 1024 * 1024
 
 
 def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModels | None = None) -> web.Application:
     """Create the application (models load at start-up unless given)."""
-    app = web.Application(client_max_size=MAX_PHOTO_BYTES + 65536)
+    access = make_access(cfg)
+    app = web.Application(client_max_size=MAX_PHOTO_BYTES + 65536, middlewares=[access_middleware(access)])
+    app[ACCESS] = access
     app[CONFIG] = cfg
+    app[METRICS] = Metrics()
     app[CLOCK] = clock or MonotonicClock()
     app[SESSIONS] = {}
     app[COUNTER] = itertools.count()
@@ -103,6 +110,8 @@ def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModel
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/tokens", mint_token)
     app.router.add_get("/avatars", avatars)
     app.router.add_post("/avatars/photo", add_photo)
     app.router.add_get("/ws", websocket)
@@ -123,6 +132,40 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: ``{"ok": true, "sessions": N}``."""
     return web.json_response({"ok": True, "sessions": len(request.app[SESSIONS])})
+
+
+def make_access(cfg: AppConfig) -> Access:
+    """Whether tokens are required here, and the issuer that signs and checks them."""
+    required = cfg.server.auth == "required" or (cfg.server.auth == "auto" and not is_loopback(cfg.server.host))
+    return Access(TokenIssuer(load_secret(cfg.server.token_secret, cfg.avatars.data_dir)), required)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (admin)."""
+    app = request.app
+    pool = app.get(POOL)
+    if pool is not None:
+        parts = await pool.stats()
+    else:
+        parts = [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
+    m = app[METRICS]
+    m.update(parts, pool.restarts if pool is not None else 0)
+    return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def mint_token(request: web.Request) -> web.Response:
+    """``POST /tokens`` (admin): ``{"role", "stage"?, "ttl_s"?, "subject"?}`` → ``{"token"}``."""
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        stage = body.get("stage")
+        token = request.app[ACCESS].issuer.create(
+            str(body.get("role", "")), stage=str(stage) if stage is not None else None,
+            ttl_s=float(body.get("ttl_s", 24 * 3600)), subject=str(body.get("subject", ""))[:80])
+    except (ValueError, TypeError, AvatarError) as e:
+        return web.json_response({"error": str(e)[:200]}, status=400)
+    return web.json_response({"token": token})
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -238,7 +281,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
     handle.on_closed = closed
     try:
-        await send(welcome(sid, cfg, _avatar_list(app), stage_id))
+        access = app[ACCESS]
+        viewer_token = access.issuer.create("viewer", stage=stage_id, ttl_s=12 * 3600) if access.required else None
+        await send(welcome(sid, cfg, _avatar_list(app), stage_id, viewer_token))
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 try:

@@ -43,6 +43,8 @@ class ServerConfig:
     stats_interval_s: float = 1.0  # s between `stats` events to each client
     ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
     workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = two per core
+    auth: str = "auto"  # access tokens: "required", "off", or "auto" (required unless listening on loopback)
+    token_secret: str = ""  # HMAC secret signing access tokens (>= 32 chars); "" = a random one kept in the data dir
 
     def worker_count(self) -> int:
         """Resolved number of session worker processes (0: sessions run in the server process).
@@ -59,6 +61,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _check(self.workers == "auto" or (isinstance(self.workers, int) and 0 <= self.workers <= 64), "server.workers", self.workers, '"auto" or an integer in 0..64')
         _check(0 < self.port < 65536, "server.port", self.port, "in 1..65535")
+        _check(self.auth in ("auto", "required", "off"), "server.auth", self.auth, 'one of "auto", "required", "off"')
         _check(self.max_sessions >= 1, "server.max_sessions", self.max_sessions, ">= 1")
         _check(1024 <= self.max_message_bytes <= 16 << 20, "server.max_message_bytes", self.max_message_bytes, "in 1 KiB..16 MiB")
         _check(0.1 <= self.stats_interval_s <= 60, "server.stats_interval_s", self.stats_interval_s, "in 0.1..60 s")

@@ -87,8 +87,11 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
     raise ProtocolError("bad_control", f"unknown control action {action!r}; expected ping, set_emotion, set_avatar or record")
 
 
-def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: str | None = None) -> dict[str, Any]:
-    """The first message on a new connection."""
+def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: str | None = None,
+            viewer_token: str | None = None) -> dict[str, Any]:
+    """The first message on a new connection; ``viewer_token`` (when access is required) goes
+    into the stage's links, so whoever gets a link may watch that stage and nothing else."""
+    q = f"?token={viewer_token}" if viewer_token else ""
     ice = [
         {"urls": list(s.urls), **({"username": s.username} if s.username else {}), **({"credential": s.credential} if s.credential else {})}
         for s in cfg.server.ice_servers
@@ -100,7 +103,8 @@ def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: s
         "server": {"version": __version__},
         "avatars": avatars,
         "ice_servers": ice,
-        **({"stage": {"id": stage_id, "watch": f"/watch/{stage_id}", "obs": f"/obs/{stage_id}", "whep": f"/whep/{stage_id}"}} if stage_id else {}),
+        **({"stage": {"id": stage_id, "watch": f"/watch/{stage_id}{q}", "obs": f"/obs/{stage_id}{q}", "whep": f"/whep/{stage_id}",
+                      **({"token": viewer_token} if viewer_token else {})}} if stage_id else {}),
     }
 
 
