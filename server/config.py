@@ -122,9 +122,11 @@ class VideoConfig:
     max_bitrate_kbps: int = 500  # kbit/s, ceiling on the VP8 target bitrate the receiver's REMB asks for
     adapt: bool = True  # keep the frame rate under CPU overload by rendering at adapt_scale (server/media/adapt.py)
     adapt_scale: float = 0.75  # fraction of width and height rendered while overloaded
+    disclosure: str = "photo"  # "AI avatar" badge drawn into the video: "photo" (photo avatars), "always", "off"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.adapt, bool), "video.adapt", self.adapt, "true or false")
+        _check(self.disclosure in ("photo", "always", "off"), "video.disclosure", self.disclosure, 'one of "photo", "always", "off"')
         _check(0.25 <= self.adapt_scale <= 1.0, "video.adapt_scale", self.adapt_scale, "in 0.25..1 (fraction of width and height)")
         _check(-16 <= self.vp8_cpu_used <= 16, "video.vp8_cpu_used", self.vp8_cpu_used, "in -16..16")
         _check(50 <= self.max_bitrate_kbps <= 10_000, "video.max_bitrate_kbps", self.max_bitrate_kbps, "in 50..10000 kbit/s")

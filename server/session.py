@@ -37,6 +37,7 @@ from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
 from server.pipeline.types import VisemeFrame
 from server.render.base import Renderer
+from server.render.disclosure import with_disclosure
 from server.stage import Stage
 from server.stats import FpsMeter, RollingStats
 
@@ -211,7 +212,7 @@ class Session:
         key = (name, *size)
         renderer = self._renderers.get(key)
         if renderer is None:
-            renderer = self.models.registry.create(name, size)
+            renderer = with_disclosure(self.models.registry.create(name, size), self.models.registry.get(name).kind, self.cfg.video.disclosure)
             self._renderers = {k: r for k, r in self._renderers.items() if k[0] == name}
             self._renderers[key] = renderer
         return renderer
@@ -325,7 +326,8 @@ class Session:
         key = (self.avatar, w, h)
         renderer = self._matte_renderer if self._matte_key == key else None
         if renderer is None:
-            renderer = self.models.registry.create(self.avatar, (w, h), transparent=True)
+            registry = self.models.registry
+            renderer = with_disclosure(registry.create(self.avatar, (w, h), transparent=True), registry.get(self.avatar).kind, self.cfg.video.disclosure)
             self._matte_renderer, self._matte_key = renderer, key
         return yuv, sources, rgba_to_i420(pack_matte(renderer.render(state)))
 
