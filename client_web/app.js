@@ -21,7 +21,7 @@ const ui = {
   video: $("avatar-video"), overlayTitle: $("overlay-title"), overlaySub: $("overlay-sub"),
   statusText: $("status-text"), message: $("message"), messageTitle: $("message-title"),
   messageText: $("message-text"), liveRegion: $("live-region"),
-  micSelect: $("mic-select"), avatarSelect: $("avatar-select"),
+  micSelect: $("mic-select"), avatarSelect: $("avatar-select"), removePhoto: $("btn-remove-photo"),
   intensity: $("intensity"), intensityOut: $("intensity-out"), emotionChips: $("emotion-chips"),
   meter: $("mic-meter"), meterFill: $("meter-fill"),
   visemeBars: $("viseme-bars"), visemeLabel: $("viseme-label"), vadDot: $("vad-dot"), vadText: $("vad-text"),
@@ -167,6 +167,7 @@ async function loadAvatars(selectName) {
       }
       const o = document.createElement("option");
       o.value = a.name;
+      o.dataset.kind = kind;
       o.textContent = prettyName(a.name);
       groups.get(kind).append(o);
     }
@@ -174,10 +175,27 @@ async function loadAvatars(selectName) {
     ui.avatarSelect.value = pick;
     ui.avatarSelect.disabled = avatars.length === 0;
     if (avatars.length === 0) ui.avatarSelect.append(new Option("No avatars available", ""));
+    updateRemoveButton();
   } catch (err) {
     ui.avatarSelect.replaceChildren(new Option("Avatars unavailable (server unreachable?)", ""));
     ui.avatarSelect.disabled = true;
   }
+}
+
+function updateRemoveButton() {
+  const o = ui.avatarSelect.selectedOptions[0];
+  ui.removePhoto.hidden = !(o && o.dataset.kind === "photo");
+}
+
+async function removePhoto() {
+  const name = ui.avatarSelect.value;
+  if (!name || !confirm(`Delete the photo avatar "${prettyName(name)}" and its files from the server? This cannot be undone.`)) return;
+  const r = await fetch(`/avatars/${encodeURIComponent(name)}`, { method: "DELETE", headers: authHeaders() });
+  let body = {};
+  try { body = await r.json(); } catch { /* empty */ }
+  if (r.ok) announce(`Removed ${prettyName(name)}`);
+  else showMessage("Could not remove the photo", body.error || `HTTP ${r.status}`, { kind: "warn" });
+  loadAvatars(r.ok ? "" : name);
 }
 
 function prettyName(name) {
@@ -868,7 +886,9 @@ function init() {
   ui.stop.addEventListener("click", stop);
   ui.dismiss.addEventListener("click", clearMessage);
   ui.micSelect.addEventListener("change", () => switchMic(ui.micSelect.value));
+  ui.removePhoto.addEventListener("click", removePhoto);
   ui.avatarSelect.addEventListener("change", () => {
+    updateRemoveButton();
     if (call && !call.closed && ui.avatarSelect.value) {
       sendWs(call, { type: "control", action: "set_avatar", avatar: ui.avatarSelect.value });
     }

@@ -22,7 +22,7 @@ from server.access import ACCESS, Access, access_middleware
 from server.avatars import AvatarRegistry
 from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
-from server.errors import AvatarError, ProtocolError
+from server.errors import AvatarError, AvatarNotFound, ProtocolError
 from server.metrics import Metrics
 from server.pipeline.runner import SharedModels, load_models
 from server.session import Session, sessions_summary
@@ -114,6 +114,7 @@ def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModel
     app.router.add_post("/tokens", mint_token)
     app.router.add_get("/avatars", avatars)
     app.router.add_post("/avatars/photo", add_photo)
+    app.router.add_delete("/avatars/{name}", remove_photo)
     app.router.add_get("/ws", websocket)
     add_routes(app, CLIENT_DIR)
     if CLIENT_DIR.is_dir():
@@ -228,6 +229,19 @@ async def add_photo(request: web.Request) -> web.Response:
     except AvatarError as e:
         return web.json_response({"error": str(e)}, status=400)
     return web.json_response({"avatar": {"name": info.name, "kind": info.kind}})
+
+
+async def remove_photo(request: web.Request) -> web.Response:
+    """``DELETE /avatars/{name}``: withdraw a photo avatar (its files are deleted)."""
+    name = request.match_info["name"]
+    reg = request.app[REGISTRY]
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, reg.remove_photo, name)
+    except AvatarNotFound:
+        return web.json_response({"error": f"there is no avatar {name[:40]!r}"}, status=404)
+    except AvatarError as e:
+        return web.json_response({"error": str(e).replace(str(reg.photo_dir), "the photo store")}, status=400)
+    return web.json_response({"removed": name})
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:

@@ -139,6 +139,16 @@ def cmd_add_photo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remove_photo(args: argparse.Namespace) -> int:
+    """Withdraw a photo avatar: its files are deleted (consent revoked)."""
+    from server.avatars import AvatarRegistry
+
+    cfg = _config(args)
+    AvatarRegistry(cfg.avatars.data_dir).remove_photo(args.name)
+    print(f"removed photo avatar {args.name!r} and its files")
+    return 0
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     """Headless WebRTC client (see server/client.py)."""
     from server import client
@@ -227,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True)
     sp.add_argument("--consent-by", default=None, help="who consented to this likeness being animated (required)")
     sp.set_defaults(func=cmd_add_photo)
+
+    sp = sub.add_parser("remove-photo", help="withdraw a photo avatar: its files are deleted (consent revoked)")
+    common(sp)
+    sp.add_argument("name")
+    sp.set_defaults(func=cmd_remove_photo)
 
     sp = sub.add_parser("client", help="headless WebRTC client playing a WAV as its microphone")
     try:

@@ -73,6 +73,12 @@ async def test_tokens_guard_every_endpoint(secure: ServerProcess, speech_wav: Pa
         assert code == 401 and "not valid" in body, body
         code, body = await status(http, "POST", base + "/tokens", admin, json={"role": "viewer", "stage": "abc", "ttl_s": 60})
         assert code == 200 and "token" in body
+        # withdrawing a likeness: a presenter may, an anonymous caller may not; only photos
+        assert (await status(http, "DELETE", base + "/avatars/ava"))[0] == 401
+        code, body = await status(http, "DELETE", base + "/avatars/ava", presenter)
+        assert code == 400 and "only photo avatars" in body, body
+        code, body = await status(http, "DELETE", base + "/avatars/nobody", presenter)
+        assert code == 404 and "nobody" in body, body
 
     # no token: the signaling socket is refused before any session exists
     with pytest.raises(ClientError, match="401"):

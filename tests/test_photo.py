@@ -222,3 +222,28 @@ def test_disclosure_badge_on_photo_avatars(tmp_path: Path) -> None:
     assert ys.min() > 256 * 0.75 and xs.max() < 256 * 0.6, "the badge is not in the bottom left corner"
     with pytest.raises(ValueError, match="disclosure"):
         with_disclosure(plain, "photo", "sometimes")
+
+
+def test_remove_photo_deletes_the_likeness(astro_dir: Path, tmp_path: Path) -> None:
+    """``avatar remove-photo NAME``: consent revoked means the files are gone; built-ins and
+    sprites cannot be removed; an unknown name is named in the error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from server.avatars import AvatarRegistry
+    from server.errors import AvatarError, AvatarNotFound
+
+    data = tmp_path / "data"
+    shutil.copytree(astro_dir, data / "photos" / "astro")
+    reg = AvatarRegistry(data)
+    assert reg.photo_dir == data / "photos" and reg.get("astro").kind == "photo"
+    with pytest.raises(AvatarError, match="built-in"):
+        reg.remove_photo("ava")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "server", "remove-photo", "astro", "--data-dir", str(data)],
+                         cwd=root, capture_output=True, text=True, check=True)
+    assert "removed photo avatar 'astro'" in out.stdout
+    assert not (data / "photos" / "astro").exists()
+    with pytest.raises(AvatarNotFound, match="unknown avatar 'astro'"):
+        reg.get("astro")
