@@ -34,6 +34,7 @@ from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
+from server.protocol import check_offer_sdp, excerpt
 from server.render.base import Renderer
 from server.stats import FpsMeter, RollingStats
 
@@ -124,15 +125,7 @@ class Session:
         """Apply the client's offer, attach the avatar track; returns the answer SDP."""
         if self.pc.remoteDescription is not None:
             raise ProtocolError("state", "this session already has an offer; open a new connection to renegotiate")
-        if not isinstance(sdp, str) or "v=0" not in sdp:
-            raise ProtocolError("bad_offer", "offer.sdp must be an SDP string starting with v=0")
-        media = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=") and line.split()]
-        if not media:
-            raise ProtocolError("bad_offer", "the offer has no media sections (m= lines); it is not a WebRTC offer")
-        if "audio" not in media:
-            raise ProtocolError("no_audio", f"the offer has no audio m-line (media: {media or 'none'}); send the microphone")
-        if "video" not in media:
-            raise ProtocolError("bad_offer", "the offer has no video m-line to return the avatar on (add a recvonly video transceiver)")
+        check_offer_sdp(sdp)  # refuses, in our words, what aiortc would fail on
         name = avatar or self.cfg.video.avatar
         registry = self.models.registry
         if name == "auto":
@@ -148,13 +141,13 @@ class Session:
         self.video = AvatarVideoTrack(self._produce, self.clock, self.cfg.video.fps, self._on_frame, self._on_tick)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as e:  # aiortc raises ValueError and others on bad SDP
+            self.pc.addTrack(self.video)
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as e:  # aiortc raises ValueError and others; its text stays in our log
             self.pipeline = None
             self.video = None
-            raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
-        self.pc.addTrack(self.video)
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
+            log.info("session %s: offer refused by aiortc: %s", self.sid, excerpt(str(e)))
+            raise ProtocolError("bad_offer", "the offer cannot be applied (unsupported or inconsistent SDP)") from None
         self.spawn(self._process_audio(), "process-audio")
         self.spawn(self._stats_loop(), "stats")
         return str(self.pc.localDescription.sdp)
@@ -170,9 +163,13 @@ class Session:
             c = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
             c.sdpMid = cand.get("sdpMid")
             c.sdpMLineIndex = cand.get("sdpMLineIndex")
+        except Exception:
+            raise ProtocolError("bad_candidate", f"candidate.candidate is not an ICE candidate line, got {excerpt(cand['candidate'])}") from None
+        try:
+            await self.pc.addIceCandidate(c)
         except Exception as e:
-            raise ProtocolError("bad_candidate", f"cannot parse ICE candidate {cand!r}: {e}") from e
-        await self.pc.addIceCandidate(c)
+            log.info("session %s: candidate refused by aiortc: %s", self.sid, excerpt(str(e)))
+            raise ProtocolError("bad_candidate", f"the candidate cannot be used, got {excerpt(cand['candidate'])}") from None
 
     async def set_avatar(self, name: str) -> None:
         """Switch avatar live (the renderer is built in the worker thread)."""
