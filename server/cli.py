@@ -42,7 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(cfg)
     url = f"http://{cfg.server.host}:{cfg.server.port}/"
     print(f"avatar server: open {url}", flush=True)
-    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True)
+    # keepalive_timeout also bounds a connection that never sends a request (aiohttp arms it on connect)
+    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True,
+                keepalive_timeout=cfg.server.keepalive_timeout_s)
     return 0
 
 
