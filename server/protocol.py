@@ -15,12 +15,15 @@ connection is touched.
 from __future__ import annotations
 
 import json
+import logging
 import reprlib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from server.errors import ProtocolError
+
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 EXCERPT_CHARS = 60  # at most this many characters of client input are quoted back
@@ -176,6 +179,17 @@ def parse_message(text: str, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError(ERROR_CODES[kind], f"{kind}: a field is nested too deeply") from None
     out: dict[str, Any] = model.model_dump()
     return out
+
+
+def avatar_error(name: str, e: Exception) -> ProtocolError:
+    """``unknown_avatar`` for the client: the registry's list of names for an unknown one; for
+    an avatar that exists but cannot be loaded, no server paths (the log gets the details)."""
+    from server.errors import AvatarNotFound
+
+    if isinstance(e, AvatarNotFound):
+        return ProtocolError("unknown_avatar", str(e))
+    log.warning("avatar %r cannot be loaded: %s", name, e)
+    return ProtocolError("unknown_avatar", f"avatar {excerpt(name)} is installed but cannot be loaded (the server log says why)")
 
 
 # ----------------------------------------------------------------------------- SDP

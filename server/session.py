@@ -34,7 +34,7 @@ from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
-from server.protocol import check_offer_sdp, excerpt
+from server.protocol import avatar_error, check_offer_sdp, excerpt
 from server.render.base import Renderer
 from server.stats import FpsMeter, RollingStats
 
@@ -135,7 +135,7 @@ class Session:
         try:
             renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
         except AvatarError as e:
-            raise ProtocolError("unknown_avatar", str(e)) from e
+            raise avatar_error(name, e) from None
         self.avatar = name
         self.pipeline = AvatarPipeline(self.models, self.cfg, self.seed, renderer)
         self.video = AvatarVideoTrack(self._produce, self.clock, self.cfg.video.fps, self._on_frame, self._on_tick)
@@ -181,7 +181,7 @@ class Session:
         try:
             renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
         except AvatarError as e:
-            raise ProtocolError("unknown_avatar", str(e)) from e
+            raise avatar_error(name, e) from None
         self.pipeline.renderer = renderer
         self.avatar = name
         self.scale = scale

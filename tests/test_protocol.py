@@ -215,3 +215,12 @@ def test_header_names_the_size_and_refuses_other_formats() -> None:
         read_header(b"GIF89a" + bytes(100))
     with pytest.raises(ImageRejected, match="cannot read"):
         read_header(b"\x00not an image")
+
+
+def test_avatar_errors_show_no_server_paths() -> None:
+    from server.errors import AvatarError, AvatarNotFound
+    from server.protocol import avatar_error
+
+    assert "available: a, b" in str(avatar_error("x", AvatarNotFound("unknown avatar 'x'; available: a, b")))
+    broken = avatar_error("mine", AvatarError(f"{ROOT}/data/sprites/mine/manifest.yaml: bad frame"))
+    assert broken.code == "unknown_avatar" and str(ROOT) not in str(broken) and "'mine'" in str(broken)
