@@ -46,8 +46,8 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # origins besides the server's own allowed on /ws and POST/DELETE
     offer_timeout_s: float = 15.0  # s after connecting by which a socket must have an accepted offer
     max_pending_sockets: int = 64  # signaling sockets without an accepted offer, all clients together
-    max_sockets_per_client: int = 8  # open signaling sockets per client address
-    max_sessions_per_client: int = 4  # sessions (accepted offers) per client address
+    max_sockets_per_client: int = 16  # open signaling sockets per client address
+    max_sessions_per_client: int = 8  # sessions (accepted offers) per client address
     max_uploads: int = 2  # photo uploads processed at once, all clients together
     max_uploads_per_client: int = 1  # photo uploads processed at once per client address
     keepalive_timeout_s: float = 5.0  # s an HTTP connection may stay without a request (after connect or a response)
