@@ -33,6 +33,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"  # as server.avatars.NAME_RE
 Emotion = Literal["neutral", "happy", "sad", "angry", "surprised", "thinking", "auto"]
 AvatarName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=40, description="avatar name from `/avatars`")]
 
+SafeInt = Annotated[int, Field(ge=-(2**53), le=2**53)]  # exact in a JavaScript number
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
 _repr = reprlib.Repr()
 _repr.maxlevel = 2
 _repr.maxstring = EXCERPT_CHARS
@@ -95,7 +98,7 @@ class Ping(_Message):
 
     type: Literal["control"]
     action: Literal["ping"]
-    t: float | None = Field(None, allow_inf_nan=False, description="client time (ms), echoed")
+    t: SafeInt | FiniteFloat | None = Field(None, description="client time (ms), echoed as sent")
 
 
 class SetEmotion(_Message):
@@ -135,19 +138,35 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
 }
 
 
+def _path(loc: tuple[int | str, ...]) -> str:
+    """A field path without pydantic's union tags (``constrained-int``, ``function-after``...)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in _TAGS or "-" in p or p in CONTROL_ACTIONS))]
+    return ".".join(parts) or "message"
+
+
+_TAGS = frozenset({"int", "float", "str", "bool", "none", "IceCandidate", "list", "dict"})
+
+
 def _field_error(kind: str, e: ValidationError) -> ProtocolError:
     """The first validation error, in our words: field path, what is wrong, a short excerpt."""
-    err = e.errors(include_url=False, include_context=False)[0]
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",)) or "message"
+    errors = e.errors(include_url=False, include_context=False)
+    err = errors[0]
     if kind == "control" and err["type"] == "union_tag_invalid":
-        return ProtocolError("bad_control", f"unknown control action {excerpt(err['input'].get('action') if isinstance(err['input'], dict) else None)}; expected one of {', '.join(CONTROL_ACTIONS)}")
+        action = err["input"].get("action") if isinstance(err["input"], dict) else None
+        return ProtocolError("bad_control", f"unknown control action {excerpt(action)}; expected one of {', '.join(CONTROL_ACTIONS)}")
     if kind == "control" and err["type"] == "union_tag_not_found":
         return ProtocolError("bad_control", f"control needs an action: one of {', '.join(CONTROL_ACTIONS)}")
-    if err["loc"] and err["loc"][0] in CONTROL_ACTIONS:  # drop the union tag from the path
-        loc = ".".join(str(p) for p in err["loc"][1:]) or "message"
-    what = err["msg"].removeprefix("Value error, ")
+    loc = _path(err["loc"])
+    whats: list[str] = []  # a union field fails once per member: say all of them
+    for other in errors:
+        if _path(other["loc"]) == loc:
+            what = other["msg"].removeprefix("Value error, ")
+            if whats:
+                what = what.removeprefix("Input should be ")
+            if what not in whats:
+                whats.append(what)
     got = "" if err["type"] == "missing" else f", got {excerpt(err['input'])}"
-    return ProtocolError(ERROR_CODES[kind], f"{kind}.{loc}: {what}{got}")
+    return ProtocolError(ERROR_CODES[kind], f"{kind}.{loc}: {' or '.join(whats)}{got}")
 
 
 def parse_message(text: str, max_bytes: int) -> dict[str, Any]:

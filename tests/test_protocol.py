@@ -68,7 +68,9 @@ def test_good_messages_are_normalized() -> None:
     assert parse_message(m(type="control", action="set_emotion", emotion="happy"), LIMIT) == {
         "v": 1, "type": "control", "action": "set_emotion", "emotion": "happy", "intensity": 1.0, "blend_s": 0.5
     }
-    assert parse_message(m(type="control", action="ping", t=4242), LIMIT)["t"] == 4242
+    t = parse_message(m(type="control", action="ping", t=4242), LIMIT)["t"]
+    assert t == 4242 and isinstance(t, int)  # echoed as sent (the client matches pongs by int)
+    assert parse_message(m(type="control", action="ping", t=12.5), LIMIT)["t"] == 12.5
     assert parse_message(m(type="candidate", candidate=None), LIMIT)["candidate"] is None
     cand = {"candidate": "candidate:1 1 UDP 1 198.18.0.2 9 typ host", "sdpMid": "0", "extra": 1}
     assert parse_message(m(type="candidate", candidate=cand), LIMIT)["candidate"]["sdpMid"] == "0"
