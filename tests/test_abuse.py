@@ -42,6 +42,7 @@ workers = 1
 offer_timeout_s = {OFFER_TIMEOUT_S}
 keepalive_timeout_s = {KEEPALIVE_S}
 max_sockets_per_client = {PER_CLIENT}
+max_sessions_per_client = 2
 max_photo_bytes = 1048576
 upload_timeout_s = 10.0
 [avatars]
@@ -310,6 +311,29 @@ async def test_idle_sockets_from_one_address_do_not_lock_out_a_call(server: Serv
     assert kinds.count("welcome+offer_timeout") == PER_CLIENT, kinds
     assert kinds.count("busy") == 100 - PER_CLIENT, kinds
     assert max(t for _, t in results) - t0 < OFFER_TIMEOUT_S + 5, "idle sockets outlived the offer deadline"
+    assert await wait_sessions(server.url, 0, timeout_s=20) == 0
+
+
+async def test_sessions_per_client_capped_at_the_offer(server: ServerProcess) -> None:
+    """A session slot is taken by an offer: two answered, the third socket's offer gets busy."""
+    pc = offer_pc(audio=True)
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = json.dumps({"v": 1, "type": "offer", "sdp": pc.localDescription.sdp})
+    await pc.close()
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(ws_url(server.url)) for _ in range(3)]
+        try:
+            replies = []
+            for ws in sockets:
+                assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
+                await ws.send_str(offer)
+                replies.append(json.loads((await ws.receive(timeout=30)).data))
+            assert [r["type"] for r in replies[:2]] == ["answer", "answer"], replies
+            assert replies[2]["type"] == "error" and replies[2]["code"] == "busy" and replies[2].get("fatal"), replies[2]
+            assert "2 sessions" in replies[2]["message"], replies[2]
+        finally:
+            for ws in sockets:
+                await ws.close()
     assert await wait_sessions(server.url, 0, timeout_s=20) == 0
 
 
