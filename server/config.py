@@ -45,6 +45,7 @@ class ServerConfig:
     workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = two per core
     allowed_origins: tuple[str, ...] = ()  # origins besides the server's own allowed on /ws and POST/DELETE
     offer_timeout_s: float = 15.0  # s after connecting by which a socket must have an accepted offer
+    connect_timeout_s: float = 30.0  # s after the answer by which the peer connection must have connected
     max_pending_sockets: int = 64  # signaling sockets without an accepted offer, all clients together
     max_sockets_per_client: int = 16  # open signaling sockets per client address
     max_sessions_per_client: int = 8  # sessions (accepted offers) per client address
@@ -74,6 +75,7 @@ class ServerConfig:
         _check(1024 <= self.max_message_bytes <= 16 << 20, "server.max_message_bytes", self.max_message_bytes, "in 1 KiB..16 MiB")
         _check(0.1 <= self.stats_interval_s <= 60, "server.stats_interval_s", self.stats_interval_s, "in 0.1..60 s")
         _check(0.5 <= self.offer_timeout_s <= 600, "server.offer_timeout_s", self.offer_timeout_s, "in 0.5..600 s")
+        _check(0.5 <= self.connect_timeout_s <= 600, "server.connect_timeout_s", self.connect_timeout_s, "in 0.5..600 s")
         _check(0.5 <= self.keepalive_timeout_s <= 600, "server.keepalive_timeout_s", self.keepalive_timeout_s, "in 0.5..600 s")
         _check(1 <= self.upload_timeout_s <= 3600, "server.upload_timeout_s", self.upload_timeout_s, "in 1..3600 s")
         for key in ("max_pending_sockets", "max_sockets_per_client", "max_sessions_per_client", "max_uploads", "max_uploads_per_client"):

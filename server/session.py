@@ -84,6 +84,7 @@ class Session:
         self._dc_last_sent = -1e9  # clock time of the last visemes message, s
         self._dc_timer: asyncio.TimerHandle | None = None
         self.on_closed: Callable[[Session], Awaitable[None]] | None = None
+        self.connected_once = False  # the peer connection reached "connected" (connect deadline)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -101,6 +102,7 @@ class Session:
         async def on_state() -> None:
             state = self.pc.connectionState
             log.info("session %s: connection %s", self.sid, state)
+            self.connected_once |= state == "connected"
             if state in ("failed", "closed"):
                 self.close_soon()
 
@@ -150,7 +152,18 @@ class Session:
             raise ProtocolError("bad_offer", "the offer cannot be applied (unsupported or inconsistent SDP)") from None
         self.spawn(self._process_audio(), "process-audio")
         self.spawn(self._stats_loop(), "stats")
+        self.spawn(self._connect_deadline(), "connect-deadline")
         return str(self.pc.localDescription.sdp)
+
+    async def _connect_deadline(self) -> None:
+        """End a call whose peer connection never connects (it would hold a session slot)."""
+        limit = self.cfg.server.connect_timeout_s
+        await asyncio.sleep(limit)
+        if not self.connected_once:
+            log.info("session %s: not connected %g s after the answer; closing", self.sid, limit)
+            msg = f"the peer connection did not connect within {limit:g} s of the answer (ICE candidates or network?)"
+            await self._send({"v": 1, "type": "error", "code": "connect_timeout", "message": msg, "fatal": True})
+            self.close_soon()
 
     async def add_candidate(self, cand: dict[str, Any] | None) -> None:
         """A trickled remote ICE candidate (None: end of candidates)."""

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 OTHER = "198.18.0.2"  # the veth peer: "another client address" for the server on 198.18.0.1
 OFFER_TIMEOUT_S = 6.0
 KEEPALIVE_S = 2.0
+CONNECT_TIMEOUT_S = 4.0
 PER_CLIENT = 8
 JUNK = "Z" * 5000
 CONFIG = f"""
@@ -43,6 +44,7 @@ offer_timeout_s = {OFFER_TIMEOUT_S}
 keepalive_timeout_s = {KEEPALIVE_S}
 max_sockets_per_client = {PER_CLIENT}
 max_sessions_per_client = 2
+connect_timeout_s = {CONNECT_TIMEOUT_S}
 max_photo_bytes = 1048576
 upload_timeout_s = 10.0
 [avatars]
@@ -335,6 +337,32 @@ async def test_sessions_per_client_capped_at_the_offer(server: ServerProcess) ->
             for ws in sockets:
                 await ws.close()
     assert await wait_sessions(server.url, 0, timeout_s=20) == 0
+
+
+async def test_offer_that_never_connects_gives_its_slot_back(server: ServerProcess) -> None:
+    """An accepted offer with no ICE candidates (none in the SDP, none trickled) would hold its
+    session slot forever; the connect deadline ends it."""
+    pc = offer_pc(audio=True)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = "\r\n".join(ln for ln in pc.localDescription.sdp.split("\r\n") if not ln.startswith(("a=candidate", "a=end-of-candidates")))
+    await pc.close()
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url(server.url)) as ws:
+        assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
+        await ws.send_str(json.dumps({"v": 1, "type": "offer", "sdp": sdp}))
+        t0 = time.monotonic()
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(CONNECT_TIMEOUT_S + 10):  # stats events keep coming meanwhile
+            while True:
+                frame = await ws.receive()
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                msg = json.loads(frame.data)
+                if msg.get("name") != "stats":
+                    got.append(msg)
+        assert [m["type"] for m in got] == ["answer", "error"], got
+        assert got[1]["code"] == "connect_timeout" and got[1].get("fatal"), got[1]
+        assert time.monotonic() - t0 < CONNECT_TIMEOUT_S + 4
+    assert await wait_sessions(server.url, 0, timeout_s=10) == 0
 
 
 async def test_connections_that_send_nothing_are_dropped(server: ServerProcess) -> None:
