@@ -62,7 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = access.issuer.create("presenter", ttl_s=12 * 3600, subject="printed at start")
         print(f"access tokens required: presenter link (12 h) {url}?token={token}", flush=True)
     print(f"avatar server: open {url}", flush=True)
-    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True, ssl_context=ssl_ctx)
+    # keepalive_timeout also bounds a connection that never sends a request (aiohttp arms it on connect)
+    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True, ssl_context=ssl_ctx,
+                keepalive_timeout=cfg.server.keepalive_timeout_s)
     return 0
 
 

@@ -171,9 +171,9 @@ class _Worker:
             except ProtocolError as e:
                 self.send({"op": "reply", "id": rid, "error": {"code": e.code, "message": str(e), "fatal": e.fatal}})
                 return
-            except Exception as e:
+            except Exception:
                 log.exception("session %s: internal error", sid)
-                self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": f"internal server error: {type(e).__name__}: {e}", "fatal": False}})
+                self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": "internal server error; the server log has the details", "fatal": False}})
                 return
         self.send({"op": "reply", "id": rid, "reply": reply})
 
