@@ -156,14 +156,19 @@ def make_access(cfg: AppConfig) -> Access:
     return Access(TokenIssuer(load_secret(cfg.server.token_secret, cfg.avatars.data_dir)), required)
 
 
+async def _stats_parts(app: web.Application) -> list[dict[str, Any]]:
+    """Each worker's ``sessions_summary`` (or this process's, without workers)."""
+    pool = app.get(POOL)
+    if pool is not None:
+        return await pool.stats()
+    return [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (admin)."""
     app = request.app
     pool = app.get(POOL)
-    if pool is not None:
-        parts = await pool.stats()
-    else:
-        parts = [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
+    parts = await _stats_parts(app)
     m = app[METRICS]
     m.update(parts, pool.restarts if pool is not None else 0)
     return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -188,10 +193,7 @@ async def stats(request: web.Request) -> web.Response:
     """Per-session statistics and totals (incl. open peer connections and session tasks)."""
     app = request.app
     pool = app.get(POOL)
-    if pool is not None:
-        parts = await pool.stats()
-    else:
-        parts = [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
+    parts = await _stats_parts(app)
     per = [s for p in parts for s in p["sessions"]]
     totals = {
         "sessions": len(app[SESSIONS]),
