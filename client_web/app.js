@@ -12,12 +12,16 @@ const STATS_INTERVAL_MS = 1000;
 const EMOTION_BLEND_S = 0.4;
 
 const $ = (id) => document.getElementById(id);
+// An access token from the page's link (?token=...), when the server requires one: it goes to the
+// signaling socket and the HTTP requests, and the server puts viewer tokens into the watch links.
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const authHeaders = () => (TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {});
 const ui = {
   start: $("btn-start"), stop: $("btn-stop"), retry: $("btn-retry"), dismiss: $("btn-dismiss"),
   video: $("avatar-video"), overlayTitle: $("overlay-title"), overlaySub: $("overlay-sub"),
   statusText: $("status-text"), message: $("message"), messageTitle: $("message-title"),
   messageText: $("message-text"), liveRegion: $("live-region"),
-  micSelect: $("mic-select"), avatarSelect: $("avatar-select"),
+  micSelect: $("mic-select"), avatarSelect: $("avatar-select"), removePhoto: $("btn-remove-photo"),
   intensity: $("intensity"), intensityOut: $("intensity-out"), emotionChips: $("emotion-chips"),
   meter: $("mic-meter"), meterFill: $("meter-fill"),
   visemeBars: $("viseme-bars"), visemeLabel: $("viseme-label"), vadDot: $("vad-dot"), vadText: $("vad-text"),
@@ -145,7 +149,7 @@ function micErrorMessage(err) {
 
 async function loadAvatars(selectName) {
   try {
-    const r = await fetch("/avatars", { cache: "no-store" });
+    const r = await fetch("/avatars", { cache: "no-store", headers: authHeaders() });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const body = await r.json();
     const avatars = Array.isArray(body.avatars) ? body.avatars : [];
@@ -163,6 +167,7 @@ async function loadAvatars(selectName) {
       }
       const o = document.createElement("option");
       o.value = a.name;
+      o.dataset.kind = kind;
       o.textContent = prettyName(a.name);
       groups.get(kind).append(o);
     }
@@ -170,10 +175,27 @@ async function loadAvatars(selectName) {
     ui.avatarSelect.value = pick;
     ui.avatarSelect.disabled = avatars.length === 0;
     if (avatars.length === 0) ui.avatarSelect.append(new Option("No avatars available", ""));
+    updateRemoveButton();
   } catch (err) {
     ui.avatarSelect.replaceChildren(new Option("Avatars unavailable (server unreachable?)", ""));
     ui.avatarSelect.disabled = true;
   }
+}
+
+function updateRemoveButton() {
+  const o = ui.avatarSelect.selectedOptions[0];
+  ui.removePhoto.hidden = !(o && o.dataset.kind === "photo");
+}
+
+async function removePhoto() {
+  const name = ui.avatarSelect.value;
+  if (!name || !confirm(`Delete the photo avatar "${prettyName(name)}" and its files from the server? This cannot be undone.`)) return;
+  const r = await fetch(`/avatars/${encodeURIComponent(name)}`, { method: "DELETE", headers: authHeaders() });
+  let body = {};
+  try { body = await r.json(); } catch { /* empty */ }
+  if (r.ok) announce(`Removed ${prettyName(name)}`);
+  else showMessage("Could not remove the photo", body.error || `HTTP ${r.status}`, { kind: "warn" });
+  loadAvatars(r.ok ? "" : name);
 }
 
 function prettyName(name) {
@@ -303,7 +325,7 @@ function sendWs(c, msg) {
 
 function wsUrl() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws`;
+  return `${proto}//${location.host}/ws${TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : ""}`;
 }
 
 function openSocket(c) {
@@ -462,7 +484,10 @@ function showShare(stage) {
   client.stats.stage = stage.id;
   const origin = window.location.origin;
   ui.shareWatch.value = origin + stage.watch;
-  ui.shareObs.value = `${origin}${stage.obs}?width=512&height=512`;
+  const obs = new URL(stage.obs, origin);
+  obs.searchParams.set("width", "512");
+  obs.searchParams.set("height", "512");
+  ui.shareObs.value = obs.href;
   ui.shareStage.textContent = stage.id;
   ui.shareCard.hidden = false;
 }
@@ -826,7 +851,7 @@ async function uploadPhoto(ev) {
   ui.uploadBtn.disabled = true;
   ui.photoMsg.textContent = "Uploading and analysing the face…";
   try {
-    const r = await fetch("/avatars/photo", { method: "POST", body: form });
+    const r = await fetch("/avatars/photo", { method: "POST", body: form, headers: authHeaders() });
     let body = null;
     const text = await r.text();
     try { body = JSON.parse(text); } catch { body = null; }
@@ -861,7 +886,9 @@ function init() {
   ui.stop.addEventListener("click", stop);
   ui.dismiss.addEventListener("click", clearMessage);
   ui.micSelect.addEventListener("change", () => switchMic(ui.micSelect.value));
+  ui.removePhoto.addEventListener("click", removePhoto);
   ui.avatarSelect.addEventListener("change", () => {
+    updateRemoveButton();
     if (call && !call.closed && ui.avatarSelect.value) {
       sendWs(call, { type: "control", action: "set_avatar", avatar: ui.avatarSelect.value });
     }

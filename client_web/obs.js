@@ -21,6 +21,7 @@ const bg = q.get("bg");
 const solid = bg && /^[0-9a-fA-F]{6}$/.test(bg);
 if (solid) document.body.style.background = `#${bg}`;
 const alpha = !solid && q.get("alpha") !== "0";
+const token = q.get("token") || "";  // the OBS link's viewer token, when the server requires one
 
 const video = document.createElement("video");
 Object.assign(video, { autoplay: true, playsInline: true, muted: !audio });
@@ -91,7 +92,7 @@ let ended = false;
 async function connect() {
   try {
     const sub = await subscribe(stageId, {
-      audio, alpha,
+      audio, alpha, token,
       onTrack: (s) => { video.srcObject = s; video.play().catch(() => {}); },
       onEvent: (m) => { if (m.type === "ended") { ended = true; obs.state = "ended"; sub.close(); } },
       onState: (st) => {

@@ -4,6 +4,7 @@ import { subscribe } from "/static/whep.js";
 const $ = (id) => document.getElementById(id);
 const stageId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
 const RETRY_MS = 2000;
+const TOKEN = new URLSearchParams(location.search).get("token") || "";  // the watch link's viewer token
 
 /** Read-only view for tests: state, frames shown, events. */
 const watch = { state: "connecting", stage: stageId, framesShown: 0, events: [], error: null, muted: false, reconnects: 0 };
@@ -86,7 +87,7 @@ async function connect() {
   try {
     sub = await subscribe(stageId, {
       onTrack: (stream) => { if (video.srcObject !== stream) { video.srcObject = stream; play(); } },
-      onEvent, onState,
+      onEvent, onState, token: TOKEN,
     });
     window.avatarWatchPc = sub.pc;  // for tests and the curious: getStats() of this viewer
   } catch (e) {
@@ -97,6 +98,8 @@ async function connect() {
     } else if (e.status === 410) {
       ended = true;
       setState("ended", "The stage has ended", e.message);
+    } else if (e.status === 401 || e.status === 403) {
+      setState("error", "This link does not let you watch", e.message);
     } else if (e.status === 404) {
       setState("error", "No such stage", e.message);
     } else if (e.status === 503) {

@@ -21,7 +21,8 @@ export class WhepError extends Error {
  * One subscription. `onTrack(stream)`, `onEvent(msg)` (the stage channel), `onState(state)`.
  * `audio: false` asks for video only; `alpha: true` for the colour | alpha-matte video (twice as wide).
  */
-export async function subscribe(stageId, { audio = true, alpha = false, onTrack, onEvent, onState } = {}) {
+export async function subscribe(stageId, { audio = true, alpha = false, token = "", onTrack, onEvent, onState } = {}) {
+  const auth = token ? { Authorization: `Bearer ${token}` } : {};
   const pc = new RTCPeerConnection({ iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
   if (audio) pc.addTransceiver("audio", { direction: "recvonly" });
@@ -33,7 +34,7 @@ export async function subscribe(stageId, { audio = true, alpha = false, onTrack,
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
   const res = await fetch(`/whep/${encodeURIComponent(stageId)}${alpha ? "?alpha=1" : ""}`, {
-    method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
+    method: "POST", headers: { "Content-Type": "application/sdp", ...auth }, body: pc.localDescription.sdp,
   });
   const body = await res.text();
   if (res.status !== 201) {
@@ -49,7 +50,7 @@ export async function subscribe(stageId, { audio = true, alpha = false, onTrack,
     send(msg) { if (channel.readyState === "open") channel.send(JSON.stringify(msg)); else throw new Error("not connected yet"); },
     async close() {
       pc.close();
-      if (location) await fetch(location, { method: "DELETE" }).catch(() => {});
+      if (location) await fetch(location, { method: "DELETE", headers: auth }).catch(() => {});
     },
   };
 }

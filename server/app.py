@@ -16,16 +16,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
+from server.access import ACCESS, Access, access_middleware
 from server.avatars import AvatarRegistry
 from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
-from server.errors import AvatarError, ProtocolError
+from server.errors import AvatarError, AvatarNotFound, ProtocolError
+from server.limits import Limits, RateLimitedLog, dir_size
+from server.metrics import Metrics
 from server.pipeline.runner import SharedModels, load_models
+from server.security import origin_middleware, parse_allowed
 from server.session import Session, sessions_summary
-from server.signaling import PROTOCOL_VERSION, dispatch, error, parse_message, welcome
-from server.stage.http import STAGES, add_routes
+from server.signaling import (
+    PROTOCOL_VERSION,
+    dispatch,
+    dispatch_pending,
+    error,
+    parse_message,
+    welcome,
+)
+from server.stage.http import STAGES, PendingStage, add_routes
+from server.tokens import TokenIssuer, is_loopback, load_secret
+from server.uploads import UploadError, read_photo_upload
 from server.workers import RemoteSession, WorkerPool
 
 
@@ -67,14 +80,23 @@ POOL = web.AppKey("pool", WorkerPool)
 SESSIONS = web.AppKey("sessions", dict[str, SessionHandle])
 CLOCK = web.AppKey("clock", Clock)
 COUNTER = web.AppKey("counter", Iterator[int])
+METRICS = web.AppKey("metrics", Metrics)
+LIMITS = web.AppKey("limits", Limits)
+CLIENT_LOG = web.AppKey("client_log", RateLimitedLog)  # client errors: one line each, rate-limited
 CLIENT_DIR = ROOT / "client_web"
-MAX_PHOTO_BYTES = 15 * 1024 * 1024
 
 
 def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModels | None = None) -> web.Application:
     """Create the application (models load at start-up unless given)."""
-    app = web.Application(client_max_size=MAX_PHOTO_BYTES + 65536)
+    # request bodies: max_request_bytes everywhere; the photo upload streams its own (larger) cap
+    access = make_access(cfg)
+    middlewares = [access_middleware(access), origin_middleware(parse_allowed(cfg.server.allowed_origins))]
+    app = web.Application(client_max_size=cfg.server.max_request_bytes, middlewares=middlewares)
+    app[ACCESS] = access
     app[CONFIG] = cfg
+    app[METRICS] = Metrics()
+    app[LIMITS] = Limits.from_config(cfg.server)
+    app[CLIENT_LOG] = RateLimitedLog(log)
     app[CLOCK] = clock or MonotonicClock()
     app[SESSIONS] = {}
     app[COUNTER] = itertools.count()
@@ -103,8 +125,11 @@ def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModel
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/tokens", mint_token)
     app.router.add_get("/avatars", avatars)
     app.router.add_post("/avatars/photo", add_photo)
+    app.router.add_delete("/avatars/{name}", remove_photo)
     app.router.add_get("/ws", websocket)
     add_routes(app, CLIENT_DIR)
     if CLIENT_DIR.is_dir():
@@ -125,14 +150,50 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "sessions": len(request.app[SESSIONS])})
 
 
+def make_access(cfg: AppConfig) -> Access:
+    """Whether tokens are required here, and the issuer that signs and checks them."""
+    required = cfg.server.auth == "required" or (cfg.server.auth == "auto" and not is_loopback(cfg.server.host))
+    return Access(TokenIssuer(load_secret(cfg.server.token_secret, cfg.avatars.data_dir)), required)
+
+
+async def _stats_parts(app: web.Application) -> list[dict[str, Any]]:
+    """Each worker's ``sessions_summary`` (or this process's, without workers)."""
+    pool = app.get(POOL)
+    if pool is not None:
+        return await pool.stats()
+    return [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (admin)."""
+    app = request.app
+    pool = app.get(POOL)
+    parts = await _stats_parts(app)
+    m = app[METRICS]
+    m.update(parts, pool.restarts if pool is not None else 0)
+    return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def mint_token(request: web.Request) -> web.Response:
+    """``POST /tokens`` (admin): ``{"role", "stage"?, "ttl_s"?, "subject"?}`` → ``{"token"}``."""
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        stage = body.get("stage")
+        token = request.app[ACCESS].issuer.create(
+            str(body.get("role", "")), stage=str(stage) if stage is not None else None,
+            ttl_s=float(body.get("ttl_s", 24 * 3600)), subject=str(body.get("subject", ""))[:80])
+    except (ValueError, TypeError, AvatarError) as e:
+        return web.json_response({"error": str(e)[:200]}, status=400)
+    return web.json_response({"token": token})
+
+
 async def stats(request: web.Request) -> web.Response:
     """Per-session statistics and totals (incl. open peer connections and session tasks)."""
     app = request.app
     pool = app.get(POOL)
-    if pool is not None:
-        parts = await pool.stats()
-    else:
-        parts = [sessions_summary([h.session for h in app[SESSIONS].values() if isinstance(h, LocalSession)])]
+    parts = await _stats_parts(app)
     per = [s for p in parts for s in p["sessions"]]
     totals = {
         "sessions": len(app[SESSIONS]),
@@ -141,6 +202,7 @@ async def stats(request: web.Request) -> web.Response:
         "loop_tasks": len(asyncio.all_tasks()) + sum(p["loop_tasks"] for p in parts if pool is not None),
         "workers": len(parts) if pool is not None else 0,
         "worker_restarts": pool.restarts if pool is not None else 0,
+        "worker_pids": [p["worker_pid"] for p in parts if "worker_pid" in p],
         "fps_mean": round(sum(p["fps"] for p in per) / len(per), 2) if per else None,
     }
     return web.json_response({"sessions": per, "totals": totals})
@@ -157,34 +219,54 @@ async def avatars(request: web.Request) -> web.Response:
 
 
 async def add_photo(request: web.Request) -> web.Response:
-    """Register a photo avatar: multipart ``image``, ``name``, ``consent_by``."""
+    """Register a photo avatar: multipart ``image``, ``name``, ``consent_by`` (server/uploads.py)."""
+    app, client = request.app, request.remote or "?"
+    cfg, limits = app[CONFIG], app[LIMITS]
+    full = limits.take("upload", client)
+    if full is not None:
+        return web.json_response({"error": f"too many uploads at once: {full}; try again shortly"}, status=429)
     try:
-        form = await request.post()
-    except Exception as e:
-        return web.json_response({"error": f"could not read the upload: {e}"}, status=400)
-    image, name, consent = form.get("image"), form.get("name"), form.get("consent_by")
-    if not isinstance(image, web.FileField):
-        return web.json_response({"error": "no image file in the upload (field 'image')"}, status=400)
-    if not isinstance(name, str) or not name.strip():
-        return web.json_response({"error": "a name is required (field 'name')"}, status=400)
-    consent_text = consent.strip() if isinstance(consent, str) else ""
-    data = image.file.read(MAX_PHOTO_BYTES + 1)
-    if len(data) > MAX_PHOTO_BYTES:
-        return web.json_response({"error": f"image larger than {MAX_PHOTO_BYTES // (1 << 20)} MiB"}, status=400)
+        try:
+            upload = await read_photo_upload(request, cfg)
+        except UploadError as e:
+            app[CLIENT_LOG].info("photo upload from %s refused: %s", client, e)
+            return web.json_response({"error": str(e)}, status=e.status)
+        reg = app[REGISTRY]
+        quota = int(cfg.avatars.max_store_mb * (1 << 20))
+        loop = asyncio.get_running_loop()
+        used = await loop.run_in_executor(None, dir_size, reg.photo_dir)
+        if used + len(upload.data) > quota:
+            return web.json_response({"error": f"the photo store is full ({used >> 20} of {quota >> 20} MiB used); remove avatars or raise avatars.max_store_mb"}, status=507)
+
+        def register() -> Any:
+            with tempfile.TemporaryDirectory(prefix="upload-") as d:
+                path = Path(d) / f"upload{upload.header.suffix}"  # suffix from the detected format only
+                path.write_bytes(upload.data)
+                try:
+                    return reg.add_photo(path, upload.name, upload.consent_by)
+                except AvatarError as e:  # no server paths in what the client reads
+                    raise AvatarError(str(e).replace(str(path), "the upload").replace(str(reg.photo_dir), "the photo store")) from None
+
+        try:
+            info = await loop.run_in_executor(None, register)
+        except AvatarError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return web.json_response({"avatar": {"name": info.name, "kind": info.kind}})
+    finally:
+        limits.give("upload", client)
+
+
+async def remove_photo(request: web.Request) -> web.Response:
+    """``DELETE /avatars/{name}``: withdraw a photo avatar (its files are deleted)."""
+    name = request.match_info["name"]
     reg = request.app[REGISTRY]
-    suffix = Path(image.filename or "photo.jpg").suffix or ".jpg"
-
-    def register() -> Any:
-        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
-            f.write(data)
-            f.flush()
-            return reg.add_photo(Path(f.name), name.strip(), consent_text)
-
     try:
-        info = await asyncio.get_running_loop().run_in_executor(None, register)
+        await asyncio.get_running_loop().run_in_executor(None, reg.remove_photo, name)
+    except AvatarNotFound:
+        return web.json_response({"error": f"there is no avatar {name[:40]!r}"}, status=404)
     except AvatarError as e:
-        return web.json_response({"error": str(e)}, status=400)
-    return web.json_response({"avatar": {"name": info.name, "kind": info.kind}})
+        return web.json_response({"error": str(e).replace(str(reg.photo_dir), "the photo store")}, status=400)
+    return web.json_response({"removed": name})
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -206,29 +288,54 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             except (ConnectionError, RuntimeError) as e:
                 log.debug("send failed: %s", e)
 
-    sessions = app[SESSIONS]
-    if len(sessions) >= cfg.server.max_sessions:
-        await send(error(ProtocolError("busy", f"server is full ({cfg.server.max_sessions} sessions)", fatal=True)))
-        await ws.close()
-        return ws
+    sessions, limits, client_log = app[SESSIONS], app[LIMITS], app[CLIENT_LOG]
+    client = request.remote or "?"
+    held: list[str] = []  # what this socket holds of LIMITS; given back at the end
+    for what in ("socket", "pending"):
+        full = limits.take(what, client)
+        if full is not None:
+            for h in held:
+                limits.give(h, client)
+            client_log.info("socket from %s refused: %s", client, full)
+            await send(error(ProtocolError("busy", f"server busy: {full}", fatal=True)))
+            await ws.close()
+            return ws
+        held.append(what)
     counter: Iterator[int] = app[COUNTER]
     n = next(counter)
     sid = f"s{n}-{secrets.token_hex(3)}"
     stage_id = secrets.token_urlsafe(8)  # the watch link's secret part: unguessable
-    pool = app.get(POOL)
-    handle: SessionHandle
-    if pool is not None:
-        try:
-            handle = await pool.open(sid, cfg.seed + n, send, stage_id)
-        except ProtocolError as e:
-            await send(error(e))
-            await ws.close()
-            return ws
-    else:
-        handle = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send, stage_id))
-    sessions[sid] = handle
     stages = app[STAGES]
-    stages.add(stage_id, handle)
+    pool = app.get(POOL)
+    handle: SessionHandle | None = None  # set by the first offer; kept once one is accepted
+    accepted = False
+
+    async def open_session() -> SessionHandle:
+        """A session for an offer: takes a session slot (given back if the offer fails)."""
+        full = limits.take("session", client)
+        if full is not None:
+            raise ProtocolError("busy", f"server busy: {full}", fatal=True)
+        held.append("session")
+        try:
+            if pool is not None:
+                h: SessionHandle = await pool.open(sid, cfg.seed + n, send, stage_id)
+            else:
+                h = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send, stage_id))
+        except BaseException:
+            held.remove("session")
+            limits.give("session", client)
+            raise
+        sessions[sid] = h
+        stages.add(stage_id, h)
+        return h
+
+    async def drop_session(h: SessionHandle) -> None:
+        """Close a session whose offer failed; the socket is pending again."""
+        await h.close()
+        sessions.pop(sid, None)
+        stages.add(stage_id, PendingStage(stage_id))
+        held.remove("session")
+        limits.give("session", client)
 
     async def closed(h: Any) -> None:
         sessions.pop(h.sid, None)
@@ -236,21 +343,50 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         if not ws.closed:
             await ws.close()
 
-    handle.on_closed = closed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.server.offer_timeout_s
     try:
-        await send(welcome(sid, cfg, _avatar_list(app), stage_id))
-        async for msg in ws:
+        access = app[ACCESS]
+        viewer_token = access.issuer.create("viewer", stage=stage_id, ttl_s=12 * 3600) if access.required else None
+        stages.add(stage_id, PendingStage(stage_id))  # watch links answer "not started yet" until the offer
+        await send(welcome(sid, cfg, _avatar_list(app), stage_id, viewer_token))
+        while True:
+            try:
+                msg = await ws.receive(timeout=None if accepted else max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                client_log.info("session %s (%s): offer_timeout", sid, client)
+                await send(error(ProtocolError("offer_timeout", f"no accepted offer within {cfg.server.offer_timeout_s:g} s of connecting; closing", fatal=True)))
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"offer_timeout")
+                break
             if msg.type == WSMsgType.TEXT:
+                reply: dict[str, Any] | None = None
                 try:
-                    reply = await handle.dispatch(parse_message(msg.data, limit))
+                    parsed = parse_message(msg.data, limit)
+                    if not accepted and parsed["type"] == "offer":
+                        handle = await open_session()
+                        try:
+                            reply = await handle.dispatch(parsed)
+                        except BaseException:
+                            await drop_session(handle)
+                            handle = None
+                            raise
+                        accepted = True
+                        held.remove("pending")
+                        limits.give("pending", client)
+                        handle.on_closed = closed
+                    elif handle is None:
+                        reply = dispatch_pending(parsed, app[CLOCK].now())
+                    else:
+                        reply = await handle.dispatch(parsed)
                 except ProtocolError as e:
+                    client_log.info("session %s (%s): %s: %s", sid, client, e.code, e)
                     await send(error(e))
                     if e.fatal:
                         break
                     continue
-                except Exception as e:  # a bug must not take other sessions down
+                except Exception:  # a bug must not take other sessions down
                     log.exception("session %s: internal error", sid)
-                    await send(error(ProtocolError("internal", f"internal server error: {type(e).__name__}: {e}")))
+                    await send(error(ProtocolError("internal", "internal server error; the server log has the details")))
                     continue
                 if reply is not None:
                     await send(reply)
@@ -261,10 +397,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             elif msg.type == WSMsgType.ERROR:
                 log.info("session %s: websocket error %s", sid, ws.exception())
                 break
+            else:  # CLOSE, CLOSING, CLOSED
+                break
     finally:
-        await handle.close()
+        if handle is not None:
+            await handle.close()
         sessions.pop(sid, None)
         stages.end(stage_id)
+        for what in held:
+            limits.give(what, client)
         if not ws.closed:
             await ws.close()
     return ws

@@ -204,6 +204,20 @@ class AvatarRegistry:
             raise AvatarError(f"could not store photo avatar {name!r} in {out}: {e}") from e
         return self.get(name)
 
+    def remove_photo(self, name: str) -> None:
+        """Withdraw photo avatar ``name``: its files (the photo, landmarks, meshes) are deleted.
+        Consent revoked means the likeness is gone. Raises :class:`AvatarNotFound` or
+        :class:`AvatarError` (not a photo avatar)."""
+        import shutil
+
+        info = self.get(name)
+        if info.kind != "photo" or info.path is None:
+            raise AvatarError(f"avatar {name!r} is a {info.kind} avatar; only photo avatars can be removed")
+        if info.path.resolve().parent != self.photo_dir.resolve():
+            raise AvatarError(f"avatar {name!r} is not in the photo store")
+        shutil.rmtree(info.path)
+        self._photo_protos = {k: v for k, v in self._photo_protos.items() if not k[0] == str(info.path)}
+
 
 def format_avatar_lines(infos: Sequence[AvatarInfo]) -> list[str]:
     """``avatar avatars`` output: one line per avatar, name first, then kind, then details."""

@@ -29,6 +29,8 @@ def _config(args: argparse.Namespace) -> AppConfig:
         overrides.setdefault("video", {}).update(width=int(w), height=int(h or w))
     if getattr(args, "record_stages", None):
         overrides.setdefault("stage", {})["record"] = True
+    if getattr(args, "auth", None):
+        overrides.setdefault("server", {})["auth"] = args.auth
     if getattr(args, "data_dir", None):
         overrides.setdefault("avatars", {})["data_dir"] = str(args.data_dir)
     return load_config(args.config, overrides)
@@ -38,13 +40,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start the HTTP/WebSocket/WebRTC server."""
     from aiohttp import web
 
-    from server.app import build_app
+    from server import tls
+    from server.app import ACCESS, build_app
 
     cfg = _config(args)
+    files: tls.TlsFiles | None = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        files = tls.given(args.tls_cert, args.tls_key)
+    elif args.self_signed:
+        files = tls.self_signed(cfg.avatars.data_dir, tls.host_names(cfg.server.host))
+    ssl_ctx = tls.ssl_context(files) if files is not None else None
     app = build_app(cfg)
-    url = f"http://{cfg.server.host}:{cfg.server.port}/"
+    scheme = "https" if ssl_ctx is not None else "http"
+    url = f"{scheme}://{cfg.server.host}:{cfg.server.port}/"
+    if files is not None:
+        print(f"TLS certificate {files.cert} SHA-256 {files.fingerprint}" + (f" for {', '.join(files.names)}" if files.names else ""), flush=True)
+    access = app[ACCESS]
+    if access.required:
+        token = access.issuer.create("presenter", ttl_s=12 * 3600, subject="printed at start")
+        print(f"access tokens required: presenter link (12 h) {url}?token={token}", flush=True)
     print(f"avatar server: open {url}", flush=True)
-    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True)
+    # keepalive_timeout also bounds a connection that never sends a request (aiohttp arms it on connect)
+    web.run_app(app, host=cfg.server.host, port=cfg.server.port, print=None, handle_signals=True, ssl_context=ssl_ctx,
+                keepalive_timeout=cfg.server.keepalive_timeout_s)
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Mint an access token with this server's secret; the token alone on the last line."""
+    from server.tokens import TokenIssuer, load_secret
+
+    cfg = _config(args)
+    issuer = TokenIssuer(load_secret(cfg.server.token_secret, cfg.avatars.data_dir))
+    token = issuer.create(args.role, stage=args.stage, ttl_s=args.ttl, subject=args.subject)
+    print(f"role {args.role}" + (f", stage {args.stage}" if args.stage else "") + f", valid {args.ttl:.0f} s:", file=sys.stderr)
+    print(token)
     return 0
 
 
@@ -109,6 +141,16 @@ def cmd_add_photo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remove_photo(args: argparse.Namespace) -> int:
+    """Withdraw a photo avatar: its files are deleted (consent revoked)."""
+    from server.avatars import AvatarRegistry
+
+    cfg = _config(args)
+    AvatarRegistry(cfg.avatars.data_dir).remove_photo(args.name)
+    print(f"removed photo avatar {args.name!r} and its files")
+    return 0
+
+
 def cmd_client(args: argparse.Namespace) -> int:
     """Headless WebRTC client (see server/client.py)."""
     from server import client
@@ -168,7 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default=None)
     sp.add_argument("--port", type=int, default=None)
     sp.add_argument("--record-stages", action="store_true", help="record every stage (WebM, no re-encode) into [stage] record_dir")
+    sp.add_argument("--auth", default=None, choices=["auto", "required", "off"], help="access tokens (default [server] auth: auto)")
+    sp.add_argument("--tls-cert", type=Path, default=None, help="HTTPS: certificate chain (PEM)")
+    sp.add_argument("--tls-key", type=Path, default=None, help="HTTPS: private key (PEM)")
+    sp.add_argument("--self-signed", action="store_true",
+                    help="HTTPS with a self-signed certificate for this host's names and addresses (kept in the data dir)")
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("token", help="access tokens: avatar token create --role presenter|viewer|admin [--stage S] [--ttl S]")
+    common(sp)
+    tsub = sp.add_subparsers(dest="token_cmd", required=True)
+    tc = tsub.add_parser("create", help="mint a signed token (printed alone on the last line)")
+    common(tc)
+    tc.add_argument("--role", required=True, choices=["presenter", "viewer", "admin"])
+    tc.add_argument("--stage", default=None, help="a viewer token's stage (default: any stage)")
+    tc.add_argument("--ttl", type=float, default=24 * 3600, help="lifetime, s (default 24 h)")
+    tc.add_argument("--subject", default="", help="who it is for (kept in the token, for logs)")
+    tc.set_defaults(func=cmd_token_create)
 
     sp = sub.add_parser("render", help="render an audio file to an MP4 of the avatar")
     common(sp)
@@ -199,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True)
     sp.add_argument("--consent-by", default=None, help="who consented to this likeness being animated (required)")
     sp.set_defaults(func=cmd_add_photo)
+
+    sp = sub.add_parser("remove-photo", help="withdraw a photo avatar: its files are deleted (consent revoked)")
+    common(sp)
+    sp.add_argument("name")
+    sp.set_defaults(func=cmd_remove_photo)
 
     sp = sub.add_parser("camera", help="local avatar: microphone -> virtual camera (+ virtual microphone), no browser")
     common(sp)

@@ -609,8 +609,14 @@ class AvatarClient:
         emotion: str | None = None,
         ice_servers: Sequence[str | dict[str, Any]] = (),
         timeout: float = 20.0,
+        token: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        """``token``: an access token (the server's presenter token); ``insecure``: accept a
+        self-signed or otherwise unverified HTTPS certificate."""
         self.url = url
+        self.token = token
+        self.insecure = insecure
         self.audio = audio
         self.duration = duration if duration is not None else audio.size / MIC_RATE + DEFAULT_TAIL_S
         if self.duration <= 0:
@@ -673,11 +679,14 @@ class AvatarClient:
     async def connect(self) -> dict[str, Any]:
         """Open the WebSocket and read ``welcome``; returns it."""
         self._failure = asyncio.get_running_loop().create_future()
-        self._http = aiohttp.ClientSession()
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False) if self.insecure else None)
+        url = ws_url(self.url) + (f"?token={self.token}" if self.token else "")
         try:
             ws = await self._http.ws_connect(
-                ws_url(self.url), timeout=aiohttp.ClientWSTimeout(ws_close=5.0), heartbeat=None
+                url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), heartbeat=None
             )
+        except aiohttp.WSServerHandshakeError as e:
+            raise ClientError(f"the server refused the connection: HTTP {e.status} {e.message}", code=str(e.status)) from e
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise ClientError(f"cannot connect to {ws_url(self.url)}: {e}") from e
         self.sig = Signaling(ws)
@@ -938,6 +947,8 @@ async def run_client(
     ice_servers: Sequence[str | dict[str, Any]] = (),
     measure_mouth: bool = False,
     setup_s: float = 20.0,
+    token: str | None = None,
+    insecure: bool = False,
 ) -> ClientStats:
     """Make one call: play ``audio`` in real time, record/measure the avatar video.
 
@@ -959,6 +970,8 @@ async def run_client(
         emotion=emotion,
         ice_servers=ice_servers,
         timeout=setup_s,
+        token=token,
+        insecure=insecure,
     )
     try:
         await client.start()
@@ -1010,6 +1023,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure mouth openness in every received frame",
     )
     parser.add_argument("--timeout", type=float, default=20.0, help="s to wait for setup steps")
+    parser.add_argument("--token", default=None, help="access token (when the server requires one)")
+    parser.add_argument("--insecure", action="store_true", help="accept a self-signed HTTPS certificate")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1018,7 +1033,7 @@ def main(args: argparse.Namespace) -> int:
         from server.watch import run_watch
 
         try:
-            ws = asyncio.run(run_watch(args.watch, args.duration or 30.0, args.record, args.stats))
+            ws = asyncio.run(run_watch(args.watch, args.duration or 30.0, args.record, args.stats, token=args.token, insecure=args.insecure))
         except ClientError as e:
             print(f"avatar client: {e}", file=sys.stderr)
             return 1
@@ -1040,6 +1055,8 @@ def main(args: argparse.Namespace) -> int:
                 ice_servers=tuple(args.ice_servers),
                 measure_mouth=args.measure_mouth,
                 setup_s=args.timeout,
+                token=args.token,
+                insecure=args.insecure,
             )
         )
     except ClientError as e:

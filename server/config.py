@@ -43,6 +43,20 @@ class ServerConfig:
     stats_interval_s: float = 1.0  # s between `stats` events to each client
     ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
     workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = two per core
+    auth: str = "auto"  # access tokens: "required", "off", or "auto" (required unless listening on loopback)
+    token_secret: str = ""  # HMAC secret signing access tokens (>= 32 chars); "" = a random one kept in the data dir
+    allowed_origins: tuple[str, ...] = ()  # origins besides the server's own allowed on /ws and POST/DELETE
+    offer_timeout_s: float = 15.0  # s after connecting by which a socket must have an accepted offer
+    connect_timeout_s: float = 30.0  # s after the answer by which the peer connection must have connected
+    max_pending_sockets: int = 64  # signaling sockets without an accepted offer, all clients together
+    max_sockets_per_client: int = 16  # open signaling sockets per client address
+    max_sessions_per_client: int = 8  # sessions (accepted offers) per client address
+    max_uploads: int = 2  # photo uploads processed at once, all clients together
+    max_uploads_per_client: int = 1  # photo uploads processed at once per client address
+    keepalive_timeout_s: float = 5.0  # s an HTTP connection may stay without a request (after connect or a response)
+    max_request_bytes: int = 65_536  # bytes, largest request body except the photo upload
+    max_photo_bytes: int = 15 << 20  # bytes, largest photo upload (the whole multipart body)
+    upload_timeout_s: float = 60.0  # s to receive a photo upload
 
     def worker_count(self) -> int:
         """Resolved number of session worker processes (0: sessions run in the server process).
@@ -59,9 +73,22 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _check(self.workers == "auto" or (isinstance(self.workers, int) and 0 <= self.workers <= 64), "server.workers", self.workers, '"auto" or an integer in 0..64')
         _check(0 < self.port < 65536, "server.port", self.port, "in 1..65535")
+        _check(self.auth in ("auto", "required", "off"), "server.auth", self.auth, 'one of "auto", "required", "off"')
         _check(self.max_sessions >= 1, "server.max_sessions", self.max_sessions, ">= 1")
         _check(1024 <= self.max_message_bytes <= 16 << 20, "server.max_message_bytes", self.max_message_bytes, "in 1 KiB..16 MiB")
         _check(0.1 <= self.stats_interval_s <= 60, "server.stats_interval_s", self.stats_interval_s, "in 0.1..60 s")
+        _check(0.5 <= self.offer_timeout_s <= 600, "server.offer_timeout_s", self.offer_timeout_s, "in 0.5..600 s")
+        _check(0.5 <= self.connect_timeout_s <= 600, "server.connect_timeout_s", self.connect_timeout_s, "in 0.5..600 s")
+        _check(0.5 <= self.keepalive_timeout_s <= 600, "server.keepalive_timeout_s", self.keepalive_timeout_s, "in 0.5..600 s")
+        _check(1 <= self.upload_timeout_s <= 3600, "server.upload_timeout_s", self.upload_timeout_s, "in 1..3600 s")
+        for key in ("max_pending_sockets", "max_sockets_per_client", "max_sessions_per_client", "max_uploads", "max_uploads_per_client"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and 1 <= value <= 100_000, f"server.{key}", value, "an integer in 1..100000")
+        _check(1024 <= self.max_request_bytes <= 16 << 20, "server.max_request_bytes", self.max_request_bytes, "in 1 KiB..16 MiB")
+        _check(64 << 10 <= self.max_photo_bytes <= 256 << 20, "server.max_photo_bytes", self.max_photo_bytes, "in 64 KiB..256 MiB")
+        from server.security import parse_allowed
+
+        parse_allowed(self.allowed_origins)  # raises ConfigError naming a bad entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +146,11 @@ class VideoConfig:
     max_bitrate_kbps: int = 500  # kbit/s, ceiling on the VP8 target bitrate the receiver's REMB asks for
     adapt: bool = True  # keep the frame rate under CPU overload by rendering at adapt_scale (server/media/adapt.py)
     adapt_scale: float = 0.75  # fraction of width and height rendered while overloaded
+    disclosure: str = "photo"  # "AI avatar" badge drawn into the video: "photo" (photo avatars), "always", "off"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.adapt, bool), "video.adapt", self.adapt, "true or false")
+        _check(self.disclosure in ("photo", "always", "off"), "video.disclosure", self.disclosure, 'one of "photo", "always", "off"')
         _check(0.25 <= self.adapt_scale <= 1.0, "video.adapt_scale", self.adapt_scale, "in 0.25..1 (fraction of width and height)")
         _check(-16 <= self.vp8_cpu_used <= 16, "video.vp8_cpu_used", self.vp8_cpu_used, "in -16..16")
         _check(50 <= self.max_bitrate_kbps <= 10_000, "video.max_bitrate_kbps", self.max_bitrate_kbps, "in 50..10000 kbit/s")
@@ -185,6 +214,10 @@ class AvatarsConfig:
     """[avatars]: where user avatars (photos) are stored."""
 
     data_dir: Path = field(default_factory=_default_data_dir)
+    max_store_mb: float = 500.0  # MiB, disk quota for stored photo avatars; uploads beyond it are refused
+
+    def __post_init__(self) -> None:
+        _check(0 < self.max_store_mb <= 1 << 20, "avatars.max_store_mb", self.max_store_mb, "in (0, 1048576] MiB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +252,11 @@ def _build(cls: type, section: str, table: dict[str, Any]) -> Any:
                 raise ConfigError(f"server.ice_servers[{i}].urls is required, got {s!r}")
             servers.append(IceServer(tuple(urls), s.get("username"), s.get("credential")))
         kwargs["ice_servers"] = tuple(servers)
+    if cls is ServerConfig and "allowed_origins" in kwargs:
+        origins = kwargs["allowed_origins"]
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise ConfigError(f"server.allowed_origins must be a list of origin strings, got {origins!r}")
+        kwargs["allowed_origins"] = tuple(origins)
     if cls is AvatarsConfig and "data_dir" in kwargs:
         kwargs["data_dir"] = Path(os.path.expanduser(str(kwargs["data_dir"])))
     try:

@@ -28,6 +28,7 @@ from server.errors import MediaError
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import VisemeFrame
+from server.render.disclosure import with_disclosure
 
 LIVE_RATE = 48_000  # Hz, what the Opus decoder delivers
 LIVE_FRAME = 960  # samples per 20 ms frame at 48 kHz
@@ -142,7 +143,10 @@ async def run_offline(
     if name == "auto":
         name = models.registry.default_name()
     size = (cfg.video.width, cfg.video.height)
-    renderer = models.registry.create(name, size) if on_video is not None else _NoRenderer(size)
+    renderer = (
+        with_disclosure(models.registry.create(name, size), models.registry.get(name).kind, cfg.video.disclosure)
+        if on_video is not None else _NoRenderer(size)
+    )
     pipeline = AvatarPipeline(models, cfg, cfg.seed, renderer)
     visemes: list[VisemeFrame] = []
     frames = live_frames(path)

@@ -35,7 +35,9 @@ from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
 from server.pipeline.types import VisemeFrame
+from server.protocol import avatar_error, check_offer_sdp, excerpt
 from server.render.base import Renderer
+from server.render.disclosure import with_disclosure
 from server.stage import Stage
 from server.stage.local import AudioFeed
 from server.stats import FpsMeter, RollingStats
@@ -89,6 +91,7 @@ class Session:
         self._dc_last_sent = -1e9  # clock time of the last visemes message, s
         self._dc_timer: asyncio.TimerHandle | None = None
         self.on_closed: Callable[[Session], Awaitable[None]] | None = None
+        self.connected_once = False  # the peer connection reached "connected" (connect deadline)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -106,6 +109,7 @@ class Session:
         async def on_state() -> None:
             state = self.pc.connectionState
             log.info("session %s: connection %s", self.sid, state)
+            self.connected_once |= state == "connected"
             if state in ("failed", "closed"):
                 self.close_soon()
 
@@ -130,15 +134,7 @@ class Session:
         """Apply the client's offer, attach the avatar track; returns the answer SDP."""
         if self.pc.remoteDescription is not None:
             raise ProtocolError("state", "this session already has an offer; open a new connection to renegotiate")
-        if not isinstance(sdp, str) or "v=0" not in sdp:
-            raise ProtocolError("bad_offer", "offer.sdp must be an SDP string starting with v=0")
-        media = [line.split()[0][2:] for line in sdp.splitlines() if line.startswith("m=") and line.split()]
-        if not media:
-            raise ProtocolError("bad_offer", "the offer has no media sections (m= lines); it is not a WebRTC offer")
-        if "audio" not in media:
-            raise ProtocolError("no_audio", f"the offer has no audio m-line (media: {media or 'none'}); send the microphone")
-        if "video" not in media:
-            raise ProtocolError("bad_offer", "the offer has no video m-line to return the avatar on (add a recvonly video transceiver)")
+        check_offer_sdp(sdp)  # refuses, in our words, what aiortc would fail on
         name = avatar or self.cfg.video.avatar
         registry = self.models.registry
         if name == "auto":
@@ -148,28 +144,39 @@ class Session:
         try:
             renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
         except AvatarError as e:
-            raise ProtocolError("unknown_avatar", str(e)) from e
+            raise avatar_error(name, e) from None
         self.avatar = name
         self.pipeline = AvatarPipeline(self.models, self.cfg, self.seed, renderer)
         self.video = AvatarVideoTrack(self._produce, self.clock, self.cfg.video.fps, self._on_frame, self._on_tick)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as e:  # aiortc raises ValueError and others on bad SDP
+            self.pc.addTrack(self.video)
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as e:  # aiortc raises ValueError and others; its text stays in our log
             self.pipeline = None
             self.video = None
-            raise ProtocolError("bad_offer", f"cannot apply the offer: {e}") from e
+            log.info("session %s: offer refused by aiortc: %s", self.sid, excerpt(str(e)))
+            raise ProtocolError("bad_offer", "the offer cannot be applied (unsupported or inconsistent SDP)") from None
         self.jitter = jitter.install_audio(self.pc, self.cfg.audio.jitter, self.cfg.audio.jitter_max_ms)
-        self.pc.addTrack(self.video)
         self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
         if self.cfg.publish.enabled:
             self.spawn(self.stage.publish(self.cfg.publish), "publish")
         if self.cfg.stage.record:
             await self.set_recording(True)
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
         self.spawn(self._process_audio(), "process-audio")
         self.spawn(self._stats_loop(), "stats")
+        self.spawn(self._connect_deadline(), "connect-deadline")
         return str(self.pc.localDescription.sdp)
+
+    async def _connect_deadline(self) -> None:
+        """End a call whose peer connection never connects (it would hold a session slot)."""
+        limit = self.cfg.server.connect_timeout_s
+        await asyncio.sleep(limit)
+        if not self.connected_once:
+            log.info("session %s: not connected %g s after the answer; closing", self.sid, limit)
+            msg = f"the peer connection did not connect within {limit:g} s of the answer (ICE candidates or network?)"
+            await self._send({"v": 1, "type": "error", "code": "connect_timeout", "message": msg, "fatal": True})
+            self.close_soon()
 
     async def add_candidate(self, cand: dict[str, Any] | None) -> None:
         """A trickled remote ICE candidate (None: end of candidates)."""
@@ -182,9 +189,13 @@ class Session:
             c = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
             c.sdpMid = cand.get("sdpMid")
             c.sdpMLineIndex = cand.get("sdpMLineIndex")
+        except Exception:
+            raise ProtocolError("bad_candidate", f"candidate.candidate is not an ICE candidate line, got {excerpt(cand['candidate'])}") from None
+        try:
+            await self.pc.addIceCandidate(c)
         except Exception as e:
-            raise ProtocolError("bad_candidate", f"cannot parse ICE candidate {cand!r}: {e}") from e
-        await self.pc.addIceCandidate(c)
+            log.info("session %s: candidate refused by aiortc: %s", self.sid, excerpt(str(e)))
+            raise ProtocolError("bad_candidate", f"the candidate cannot be used, got {excerpt(cand['candidate'])}") from None
 
     async def set_avatar(self, name: str) -> None:
         """Switch avatar live (the renderer is built in the worker thread)."""
@@ -196,7 +207,7 @@ class Session:
         try:
             renderer = await loop.run_in_executor(self.executor, self._renderer_for, name, size)
         except AvatarError as e:
-            raise ProtocolError("unknown_avatar", str(e)) from e
+            raise avatar_error(name, e) from None
         self.pipeline.renderer = renderer
         self.avatar = name
         self.scale = scale
@@ -208,7 +219,7 @@ class Session:
         key = (name, *size)
         renderer = self._renderers.get(key)
         if renderer is None:
-            renderer = self.models.registry.create(name, size)
+            renderer = with_disclosure(self.models.registry.create(name, size), self.models.registry.get(name).kind, self.cfg.video.disclosure)
             self._renderers = {k: r for k, r in self._renderers.items() if k[0] == name}
             self._renderers[key] = renderer
         return renderer
@@ -313,7 +324,8 @@ class Session:
         key = (self.avatar, w, h)
         renderer = self._matte_renderer if self._matte_key == key else None
         if renderer is None:
-            renderer = self.models.registry.create(self.avatar, (w, h), transparent=True)
+            registry = self.models.registry
+            renderer = with_disclosure(registry.create(self.avatar, (w, h), transparent=True), registry.get(self.avatar).kind, self.cfg.video.disclosure)
             self._matte_renderer, self._matte_key = renderer, key
         return yuv, sources, rgba_to_i420(pack_matte(renderer.render(state)))
 

@@ -37,7 +37,7 @@ NTP_EPOCH_OFFSET = 2_208_988_800  # s between 1900 (NTP) and 1970 (Unix)
 
 def split_watch_url(url: str) -> tuple[str, str]:
     """``http://host:port/watch/STAGE`` (or ``.../whep/STAGE``, ``.../STAGE``) → (base, stage)."""
-    parts = urlsplit(url)
+    parts = urlsplit(url)  # (a ?token=... query is the caller's: see token_of_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ClientError(f"bad watch URL {url!r}: expected http(s)://host:port/watch/STAGE")
     path = [p for p in parts.path.split("/") if p]
@@ -49,6 +49,14 @@ def split_watch_url(url: str) -> tuple[str, str]:
         prefix = prefix[:-1]
     base = f"{parts.scheme}://{parts.netloc}" + ("/" + "/".join(prefix) if prefix else "")
     return base, stage
+
+
+def token_of_url(url: str) -> str | None:
+    """The ``token`` query parameter of a watch link, if it has one."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(urlsplit(url).query).get("token")
+    return values[0] if values else None
 
 
 @dataclass
@@ -130,11 +138,14 @@ class WatchClient:
     """One viewer: ``await start()``, ``await watch(seconds)``, and always ``await close()``."""
 
     def __init__(self, url: str, *, record: Path | None = None, audio: bool = True, timeout: float = 20.0,
-                 measure_sync: bool = False, video_codecs: tuple[str, ...] | None = None) -> None:
+                 measure_sync: bool = False, video_codecs: tuple[str, ...] | None = None,
+                 token: str | None = None, insecure: bool = False) -> None:
         """``measure_sync``: measure the mouth in every frame and keep the received audio, for
         :meth:`sync_offsets` (costs a decode and a measure per frame). ``video_codecs``: offer
         only these (e.g. ``("h264",)``, as a player without VP8 would)."""
         self.video_codecs = video_codecs
+        self.token = token or token_of_url(url)
+        self.insecure = insecure
         self.base, self.stage = split_watch_url(url)
         self.stats = WatchStats(stage=self.stage)
         self.want_audio = audio
@@ -164,7 +175,7 @@ class WatchClient:
 
     async def start(self) -> None:
         """Subscribe (POST the offer, apply the answer). Raises :class:`ClientError`."""
-        self._http = aiohttp.ClientSession()
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False) if self.insecure else None)
         pc = self.pc = RTCPeerConnection(rtc_configuration(()))
         video = pc.addTransceiver("video", direction="recvonly")
         if self.video_codecs is not None:
@@ -186,7 +197,7 @@ class WatchClient:
         try:
             async with self._http.post(
                 f"{self.base}/whep/{self.stage}", data=pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp"}, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"Content-Type": "application/sdp", **self._auth()}, timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as r:
                 body = await r.text()
                 if r.status != 201:
@@ -196,6 +207,9 @@ class WatchClient:
             raise ClientError(f"cannot reach {self.base}/whep/{self.stage}: {e}") from e
         self.stats.connect_s = time.monotonic() - self._t_post
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _on_message(self, message: str | bytes) -> None:
         try:
@@ -295,7 +309,7 @@ class WatchClient:
         """``DELETE`` the subscription (unless told not to), close everything."""
         if leave and self.location and self._http is not None and not self.ended.is_set():
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                async with self._http.delete(self.base + self.location, timeout=aiohttp.ClientTimeout(total=5)):
+                async with self._http.delete(self.base + self.location, headers=self._auth(), timeout=aiohttp.ClientTimeout(total=5)):
                     pass
         if self.pc is not None:
             await self.pc.close()
@@ -309,9 +323,10 @@ class WatchClient:
             self._worker = None
 
 
-async def run_watch(url: str, seconds: float, record: Path | None, stats: Path | None) -> WatchStats:
+async def run_watch(url: str, seconds: float, record: Path | None, stats: Path | None, *,
+                    token: str | None = None, insecure: bool = False) -> WatchStats:
     """Watch a stage for ``seconds``; write ``record`` (MP4) and ``stats`` (JSON) if given."""
-    client = WatchClient(url, record=record)
+    client = WatchClient(url, record=record, token=token, insecure=insecure)
     try:
         await client.start()
         await client.watch(seconds)

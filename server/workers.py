@@ -166,15 +166,19 @@ class _Worker:
             self.send({"op": "reply", "id": rid, "error": {"code": "state", "message": f"session {sid} is closed", "fatal": True}})
             return
         async with lock:  # one session's messages run in order
-            try:
-                reply = await dispatch(session, msg["msg"])
-            except ProtocolError as e:
-                self.send({"op": "reply", "id": rid, "error": {"code": e.code, "message": str(e), "fatal": e.fatal}})
-                return
-            except Exception as e:
-                log.exception("session %s: internal error", sid)
-                self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": f"internal server error: {type(e).__name__}: {e}", "fatal": False}})
-                return
+            await self._reply(rid, sid, dispatch(session, msg["msg"]))
+
+    async def _reply(self, rid: int, sid: str, work: Awaitable[dict[str, Any] | None]) -> None:
+        """Await ``work`` and send its reply, or its error (an unexpected one as ``internal``)."""
+        try:
+            reply = await work
+        except ProtocolError as e:
+            self.send({"op": "reply", "id": rid, "error": {"code": e.code, "message": str(e), "fatal": e.fatal}})
+            return
+        except Exception:
+            log.exception("session %s: internal error", sid)
+            self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": "internal server error; the server log has the details", "fatal": False}})
+            return
         self.send({"op": "reply", "id": rid, "reply": reply})
 
     async def _stage_request(self, msg: dict[str, Any]) -> None:
@@ -184,21 +188,13 @@ class _Worker:
         if session is None:
             self.send({"op": "reply", "id": rid, "error": {"code": "stage_ended", "message": "the stage has ended", "fatal": True}})
             return
-        try:
-            reply = await session.stage_request(msg["action"], msg.get("data", {}))
-        except ProtocolError as e:
-            self.send({"op": "reply", "id": rid, "error": {"code": e.code, "message": str(e), "fatal": e.fatal}})
-            return
-        except Exception:
-            log.exception("session %s: stage request failed", sid)
-            self.send({"op": "reply", "id": rid, "error": {"code": "internal", "message": "internal server error", "fatal": False}})
-            return
-        self.send({"op": "reply", "id": rid, "reply": reply})
+        await self._reply(rid, sid, session.stage_request(msg["action"], msg.get("data", {})))
 
     def _stats(self) -> dict[str, Any]:
         from server.session import sessions_summary
 
-        return sessions_summary(list(self.sessions.values()), worker=self.index, worker_pid=os.getpid())
+        summary = sessions_summary(list(self.sessions.values()), worker=self.index, worker_pid=os.getpid())
+        return {**summary, "worker": self.index, "worker_pid": os.getpid()}
 
 
 # ------------------------------------------------------------------------------- server side

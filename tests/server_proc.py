@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -85,8 +86,9 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        """http://HOST:PORT"""
-        return f"http://{self.host}:{self.port}"
+        """http://HOST:PORT (https:// when the server was given TLS)"""
+        tls = "--self-signed" in self.args or "--tls-cert" in self.args
+        return f"{'https' if tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -97,6 +99,8 @@ class ServerProcess:
     def start(self, timeout_s: float = 90.0) -> None:
         """Start it and wait until ``/healthz`` answers; RuntimeError (with the log) otherwise."""
         cmd = [sys.executable, "-m", "server", "serve", "--host", self.host, "--port", str(self.port)]
+        if "--auth" not in self.args:  # tests of other things run without tokens (tests/test_access_server.py has them)
+            cmd += ["--auth", "off"]
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed when the process ends
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([*cmd, *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -106,7 +110,8 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                unverified = ssl._create_unverified_context()  # a test server's self-signed certificate
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2, context=unverified) as r:
                     if json.loads(r.read()).get("ok"):
                         return
             except (urllib.error.URLError, OSError, ValueError):

@@ -626,3 +626,20 @@ def test_camera_lost_mid_call_names_it_and_closes_everything(fake_backend: type[
     assert 38 <= len(read_recording(out, measure_mouth=False).video_t) <= 41, "the recording was not finished"
     left = [th.name for th in threading.enumerate() if th.ident not in threads_before and th.is_alive()]
     assert left == [], f"threads left running: {left}"
+
+
+def test_the_camera_carries_the_disclosure_badge_when_configured(speech_wav: Path) -> None:
+    from server.clock import MonotonicClock
+    from server.config import load_config
+    from server.pipeline.runner import load_models
+    from server.render.disclosure import DisclosedRenderer
+    from server.stage.local import FileMic, LocalStage
+
+    for mode, badged in (("always", True), ("photo", False), ("off", False)):
+        cfg = load_config(None, {"video": {"width": SIZE, "height": SIZE, "disclosure": mode}})
+        clock = MonotonicClock()
+        stage = LocalStage(cfg, load_models(cfg), clock, FileMic(speech_wav, clock), "ava")
+        try:
+            assert isinstance(stage._renderer_for("ava"), DisclosedRenderer) == badged, mode
+        finally:
+            stage.executor.shutdown()

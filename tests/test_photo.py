@@ -201,3 +201,49 @@ def test_rendering_imports_neither_mediapipe_nor_scipy(astro_dir: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False False"  # neither mediapipe nor scipy at render time
+
+
+def test_disclosure_badge_on_photo_avatars(tmp_path: Path) -> None:
+    """Photo avatars carry an "AI avatar" badge drawn into the frame by default ([video]
+    disclosure = "photo"); built-ins do not unless "always"; "off" draws none."""
+    from server.pipeline.types import AnimationState
+    from server.render.builtin import make_builtin
+    from server.render.disclosure import DisclosedRenderer, with_disclosure
+
+    plain = make_builtin("ava", (256, 256))
+    assert with_disclosure(plain, "built-in", "photo") is plain
+    assert with_disclosure(plain, "photo", "off") is plain
+    marked = with_disclosure(make_builtin("ava", (256, 256)), "built-in", "always")
+    assert isinstance(marked, DisclosedRenderer) and isinstance(with_disclosure(plain, "photo", "photo"), DisclosedRenderer)
+    a, b = plain.render(AnimationState()).copy(), marked.render(AnimationState())
+    diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2)
+    ys, xs = np.nonzero(diff > 30)
+    assert ys.size > 50, "no badge drawn"
+    assert ys.min() > 256 * 0.75 and xs.max() < 256 * 0.6, "the badge is not in the bottom left corner"
+    with pytest.raises(ValueError, match="disclosure"):
+        with_disclosure(plain, "photo", "sometimes")
+
+
+def test_remove_photo_deletes_the_likeness(astro_dir: Path, tmp_path: Path) -> None:
+    """``avatar remove-photo NAME``: consent revoked means the files are gone; built-ins and
+    sprites cannot be removed; an unknown name is named in the error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from server.avatars import AvatarRegistry
+    from server.errors import AvatarError, AvatarNotFound
+
+    data = tmp_path / "data"
+    shutil.copytree(astro_dir, data / "photos" / "astro")
+    reg = AvatarRegistry(data)
+    assert reg.photo_dir == data / "photos" and reg.get("astro").kind == "photo"
+    with pytest.raises(AvatarError, match="built-in"):
+        reg.remove_photo("ava")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "server", "remove-photo", "astro", "--data-dir", str(data)],
+                         cwd=root, capture_output=True, text=True, check=True)
+    assert "removed photo avatar 'astro'" in out.stdout
+    assert not (data / "photos" / "astro").exists()
+    with pytest.raises(AvatarNotFound, match="unknown avatar 'astro'"):
+        reg.get("astro")

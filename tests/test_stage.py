@@ -254,3 +254,35 @@ async def test_h264_only_viewer(server: ServerProcess, speech_wav: Path) -> None
         await h264.close()
         await vp8.close()
         await speaker.close()
+
+
+def test_program_audio_drains_bursts_in_silence() -> None:
+    """Frames that arrive in pairs (a bursty link) build a backlog one-per-tick play-out never
+    drains: late silent frames are skipped, so the delay returns to its target; speech is kept."""
+    import numpy as np
+
+    from server.clock import VirtualClock
+    from server.stage.program import AUDIO_FRAME, ProgramAudio
+
+    def frame(loud: bool) -> av.AudioFrame:
+        x = (np.full((1, 2 * AUDIO_FRAME), 3000 if loud else 0, np.int16))
+        f = av.AudioFrame.from_ndarray(x, format="s16", layout="stereo")
+        f.sample_rate = 48_000
+        return f
+
+    clock = VirtualClock(0.0)
+    audio = ProgramAudio(clock, None, lambda: None, 0.06)
+    played_late: list[float] = []
+    for k in range(200):  # 4 s; pairs of frames every 40 ms; speech in the first and third second
+        t = k * 0.02
+        loud = (k // 50) % 2 == 0
+        if k % 2 == 1:
+            audio.push(frame(loud), t)
+            audio.push(frame(loud), t)
+        clock.advance_to(t)
+        before = len(audio._queue)
+        out = audio._next_samples(t)
+        if out is not None and before:
+            played_late.append(len(audio._queue) * 0.02)
+    assert audio.silent_skips > 0 and audio.late_drops == 0, (audio.silent_skips, audio.late_drops)
+    assert max(played_late[-25:]) <= 0.1, played_late[-25:]  # the backlog stays bounded

@@ -39,10 +39,11 @@ from numpy.typing import NDArray
 
 from server.errors import AvatarError
 from server.pipeline.types import AnimationState
+from server.render.image_header import ImageRejected, read_header
 
 FORMAT = 1
 MIN_FACE_PX = 64  # px, smallest accepted face-mesh bbox width in the source image
-MAX_PIXELS = 40_000_000  # refuse larger uploads
+MAX_PIXELS = 40_000_000  # refuse larger uploads (checked on the header before decoding)
 N_MESH = 468  # face-mesh landmarks used (the 10 iris points are left out of the mesh)
 POSE_STEP = 4  # px, sampling step of the (smooth) head-pose displacement field
 
@@ -90,6 +91,10 @@ def _read_rgb(path: Path) -> NDArray[np.uint8]:
     if not path.is_file():
         raise PhotoRejected(f"image file {path} does not exist")
     data = np.fromfile(str(path), dtype=np.uint8)
+    try:  # the header's size first: never decode an image bomb
+        read_header(data.tobytes(), MAX_PIXELS, f"image {path.name}")
+    except ImageRejected as e:
+        raise PhotoRejected(str(e)) from None
     raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise PhotoRejected(f"cannot read {path} as an image (JPEG, PNG, WebP, BMP or TIFF expected)")

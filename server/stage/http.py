@@ -31,6 +31,17 @@ class StageHost(Protocol):
         ...
 
 
+class PendingStage:
+    """A stage id handed out in a welcome whose speaker has not started yet."""
+
+    def __init__(self, stage_id: str) -> None:
+        self.stage_id = stage_id
+
+    async def stage_request(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Every request: "not live yet" (409)."""
+        raise ProtocolError("stage_not_live", f"the stage {self.stage_id} has not started yet: the speaker has not started the call")
+
+
 class StageDirectory:
     """Live stages by id (their sessions), and the ids of recently ended ones."""
 

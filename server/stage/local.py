@@ -41,6 +41,7 @@ from server.offline import LIVE_FRAME, LIVE_RATE, live_frames
 from server.pipeline.runner import AvatarPipeline, SharedModels
 from server.pipeline.types import EMOTIONS, VisemeFrame
 from server.render.base import Renderer
+from server.render.disclosure import with_disclosure
 from server.stage.program import AUDIO_BACKLOG_S, ProgramAudio
 from server.stats import FpsMeter, RollingStats
 
@@ -535,10 +536,12 @@ class LocalStage:
     # ---------------------------------------------------------------- controls
 
     def _renderer_for(self, name: str) -> Renderer:
-        """``name``'s renderer at the stage's size, built once (worker thread)."""
+        """``name``'s renderer at the stage's size, built once (worker thread), with the
+        disclosure badge where ``[video] disclosure`` asks for one."""
         r = self._renderers.get(name)
         if r is None:
-            r = self.models.registry.create(name, self.size)
+            registry = self.models.registry  # the 'AI avatar' badge as [video] disclosure asks (as in sessions)
+            r = with_disclosure(registry.create(name, self.size), registry.get(name).kind, self.cfg.video.disclosure)
             self._renderers = {name: r}  # drop the others: one avatar shows at a time
         return r
 

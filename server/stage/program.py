@@ -285,12 +285,13 @@ class ProgramAudio:
         self._video_latency_s = video_latency_s
         self.delay_s = initial_delay_s
         self.origin: float | None = None  # clock time (s) of the stage's stream time 0 (the video's frame 0)
-        self._queue: deque[tuple[float, NDArray[np.int16]]] = deque()  # (play-out time s, samples (n, 2))
+        self._queue: deque[tuple[float, NDArray[np.int16], bool]] = deque()  # (play-out time s, samples (n, 2), silent)
         self._carry: NDArray[np.int16] = np.zeros((0, 2), np.int16)  # samples of a frame not yet sent
         self._codec: Any = None
         self.packets = 0
         self.silent_packets = 0  # ticks with nothing due
-        self.late_drops = 0  # source frames dropped to catch up
+        self.late_drops = 0  # speech frames dropped to catch up (AUDIO_LATE_S late)
+        self.silent_skips = 0  # silent frames skipped to catch up (inaudible)
         self.overflow_drops = 0  # source frames dropped because the backlog was full
         self.delay_changes = 0
         self._silent = True  # the last played frame was silence
@@ -301,7 +302,8 @@ class ProgramAudio:
         if len(self._queue) * AUDIO_FRAME_S >= AUDIO_BACKLOG_S:
             self._queue.popleft()
             self.overflow_drops += 1
-        self._queue.append((arrival + self.delay_s, pcm))
+        silent = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) < SILENT_RMS if pcm.size else True
+        self._queue.append((arrival + self.delay_s, pcm, silent))
 
     def _follow_latency(self) -> None:
         target = self._video_latency_s()
@@ -310,15 +312,23 @@ class ProgramAudio:
         target = min(max(target, 0.0), AUDIO_BACKLOG_S / 2)
         if abs(target - self.delay_s) > DELAY_STEP_S:
             shift = target - self.delay_s
-            self._queue = deque((due + shift, pcm) for due, pcm in self._queue)
+            self._queue = deque((due + shift, pcm, silent) for due, pcm, silent in self._queue)
             self.delay_s = target
             self.delay_changes += 1
 
     def _next_samples(self, now: float) -> NDArray[np.int16] | None:
         """960 samples due by ``now`` (None: nothing due)."""
-        while self._queue and self._queue[0][0] < now - AUDIO_LATE_S and len(self._queue) > 1:
+        # Arrivals come in bursts, and one packet per tick never drains a backlog: a frame that is
+        # late is dropped while it is silence (inaudible), and in speech once it is AUDIO_LATE_S late.
+        while len(self._queue) > 1 and self._queue[0][0] < now - AUDIO_FRAME_S / 2:
+            head = self._queue[0]
+            if head[2]:
+                self.silent_skips += 1
+            elif head[0] < now - AUDIO_LATE_S:
+                self.late_drops += 1
+            else:
+                break
             self._queue.popleft()
-            self.late_drops += 1
         parts = [self._carry] if len(self._carry) else []
         have = len(self._carry)
         while have < AUDIO_FRAME and self._queue and self._queue[0][0] <= now + AUDIO_FRAME_S / 2:
@@ -393,6 +403,7 @@ class ProgramAudio:
             "packets": self.packets,
             "silent_packets": self.silent_packets,
             "late_drops": self.late_drops,
+            "silent_skips": self.silent_skips,
             "overflow_drops": self.overflow_drops,
             "delay_changes": self.delay_changes,
             "queued_ms": round(len(self._queue) * AUDIO_FRAME_S * 1000.0),
