@@ -15,7 +15,7 @@ import pytest
 from server.config import load_config
 from server.offline import format_visemes, live_frames, run_offline, viseme_matrix
 from server.pipeline.runner import AvatarPipeline, load_models
-from server.session import _push_batch
+from server.stage.local import push_batch as _push_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
