@@ -169,6 +169,9 @@ class FailingSmallRegistry:
     def default_name(self) -> str:
         return str(self.real.default_name())
 
+    def get(self, name: str) -> Any:
+        return self.real.get(name)
+
     def create(self, name: str, size: tuple[int, int]) -> Any:
         if size[0] < 512:
             raise RuntimeError(f"no {size} renderer")
