@@ -30,10 +30,10 @@ freeze() {  # exact pins of everything installed but the project itself and uv
   "$work/venv/bin/python" -m pip freeze --all --exclude-editable --exclude uv --disable-pip-version-check \
     | grep -v '^#' | LC_ALL=C sort -f > "$1"
 }
-$pip -e '.[photo]'
+$pip -e '.[photo,camera]'
 $pip --no-deps $NO_DEPS
 freeze "$work/serve.txt"
-$pip -e '.[train,dev,photo]'
+$pip -e '.[train,dev,photo,camera]'
 freeze "$work/dev.txt"
 grep -iE '^(pip|setuptools|wheel)==' "$work/serve.txt" > "$work/bootstrap.txt"
 for name in bootstrap serve dev; do
