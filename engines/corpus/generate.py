@@ -17,6 +17,7 @@ transfers best to real voices, see docs/corpus.md).
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -329,7 +330,14 @@ def generate(cfg: GenConfig, out: Path, minutes: float, jobs: int = 1, retries: 
             idx = todo.pop(0)
             attempts[idx] += 1
             proc = ctx.Process(target=_shard_process, args=(cfg, idx, str(out)), daemon=True)
-            proc.start()
+            # the child must never garbage-collect what it inherits: a parent that ran other
+            # native code in threads (a test suite: onnxruntime, PortAudio, codecs) leaves objects
+            # whose finalizers would run in the child against locks no thread there holds
+            gc.freeze()
+            try:
+                proc.start()
+            finally:
+                gc.unfreeze()
             running[idx] = proc
         time.sleep(0.05)
         for idx, child in list(running.items()):
