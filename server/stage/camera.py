@@ -44,7 +44,15 @@ from server.config import AppConfig
 from server.errors import AvatarError, DeviceError, MediaError
 from server.offline import LIVE_FRAME, LIVE_RATE
 from server.pipeline.types import EMOTIONS
-from server.stage.local import LocalStage, Mic, _sounddevice, open_mic, pulse_available, pulse_names
+from server.stage.local import (
+    LocalStage,
+    Mic,
+    _sounddevice,
+    close_stream,
+    open_mic,
+    pulse_available,
+    pulse_names,
+)
 from server.stage.program import SILENT_RMS
 
 log = logging.getLogger(__name__)
@@ -301,11 +309,7 @@ class PortAudioVirtualMic:
     async def stop(self) -> None:
         """Stop and close the stream."""
         stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.stop()
-            with contextlib.suppress(Exception):
-                stream.close()
+        close_stream(stream)
 
     def stats(self) -> dict[str, Any]:
         """JSON-able counters."""

@@ -338,11 +338,16 @@ class PortAudioMic:
     async def close(self) -> None:
         """Stop and close the PortAudio stream."""
         stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.stop()
-            with contextlib.suppress(Exception):
-                stream.close()
+        close_stream(stream)
+
+
+def close_stream(stream: Any) -> None:
+    """Stop and close a sounddevice stream (None: nothing), whatever state it is in."""
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            stream.stop()
+        with contextlib.suppress(Exception):
+            stream.close()
 
 
 def _sounddevice() -> Any:
