@@ -13,6 +13,7 @@ handlers find its session by stage id and forward the request there.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Awaitable
 from pathlib import Path
@@ -91,8 +92,6 @@ def _http(status: int, code: str, message: str) -> web.HTTPException:
 
 
 def _json_str(s: str) -> str:
-    import json
-
     return json.dumps(s)
 
 
