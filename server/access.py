@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from server.avatars import OPERATOR
 from server.tokens import AccessError, Grant, TokenIssuer
 
 log = logging.getLogger(__name__)
 
-OPEN_GRANT = Grant("admin", None, "local", 2**62)  # what every request is when access is not required
+OPEN_GRANT = Grant("admin", None, OPERATOR, 2**62)  # what every request is when access is not required
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -47,6 +48,12 @@ def need(method: str, path: str) -> tuple[str, str | None] | None:
     if head in ("stats", "metrics", "tokens"):
         return "admin", None
     return "presenter", None  # /ws, /avatars, /avatars/photo, and anything new
+
+
+def grant_of(request: web.Request) -> Grant:
+    """The request's verified grant (:data:`OPEN_GRANT` when access is not required)."""
+    grant = request.get(GRANT)
+    return grant if isinstance(grant, Grant) else OPEN_GRANT
 
 
 def token_of(request: web.Request) -> str:

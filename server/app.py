@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from server.access import ACCESS, Access, access_middleware
-from server.avatars import AvatarRegistry
+from server.access import ACCESS, Access, access_middleware, grant_of
+from server.avatars import OPERATOR, AvatarInfo, AvatarRegistry
 from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
 from server.errors import AvatarError, AvatarNotFound, ProtocolError
@@ -37,7 +37,7 @@ from server.signaling import (
     welcome,
 )
 from server.stage.http import STAGES, PendingStage, add_routes
-from server.tokens import TokenIssuer, is_loopback, load_secret
+from server.tokens import Grant, TokenIssuer, is_loopback, load_secret
 from server.uploads import UploadError, read_photo_upload
 from server.workers import RemoteSession, WorkerPool
 
@@ -208,14 +208,36 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response({"sessions": per, "totals": totals})
 
 
-def _avatar_list(app: web.Application) -> list[dict[str, str]]:
-    return [{"name": a.name, "kind": a.kind} for a in app[REGISTRY].list()]
+def _usable(info: AvatarInfo, grant: Grant) -> bool:
+    """Whether ``grant`` may use avatar ``info``: a photo avatar only by its owner (or an admin)."""
+    return info.kind != "photo" or grant.owns(str(info.meta.get("owner", OPERATOR)))
+
+
+def _avatar_list(app: web.Application, grant: Grant) -> list[dict[str, str]]:
+    """The avatars ``grant`` may use, as ``{"name", "kind"}``."""
+    return [{"name": a.name, "kind": a.kind} for a in app[REGISTRY].list() if _usable(a, grant)]
+
+
+def check_avatar(app: web.Application, grant: Grant, msg: dict[str, Any]) -> None:
+    """Refuse an offer or ``set_avatar`` naming a photo avatar ``grant`` does not own with the
+    same ``unknown_avatar`` as a missing one (listing only the usable avatars): someone else's
+    likeness is neither animated nor confirmed to exist."""
+    if not (msg["type"] == "offer" or (msg["type"] == "control" and msg.get("action") == "set_avatar")):
+        return
+    name = msg.get("avatar")
+    if not name:
+        return  # the configured default
+    infos = app[REGISTRY].list()
+    if any(i.name == name and _usable(i, grant) for i in infos):
+        return
+    available = ", ".join(i.name for i in infos if _usable(i, grant))
+    raise ProtocolError("unknown_avatar", f"unknown avatar {name!r}; available: {available}")
 
 
 async def avatars(request: web.Request) -> web.Response:
-    """The avatars a session can use."""
+    """The avatars this token may use (built-ins, sprite packs, its own photo avatars)."""
     reg = request.app[REGISTRY]
-    return web.json_response({"avatars": _avatar_list(request.app), "default": reg.default_name()})
+    return web.json_response({"avatars": _avatar_list(request.app, grant_of(request)), "default": reg.default_name()})
 
 
 async def add_photo(request: web.Request) -> web.Response:
@@ -232,6 +254,7 @@ async def add_photo(request: web.Request) -> web.Response:
             app[CLIENT_LOG].info("photo upload from %s refused: %s", client, e)
             return web.json_response({"error": str(e)}, status=e.status)
         reg = app[REGISTRY]
+        owner = grant_of(request).subject  # the photo belongs to whoever registered it
         quota = int(cfg.avatars.max_store_mb * (1 << 20))
         loop = asyncio.get_running_loop()
         used = await loop.run_in_executor(None, dir_size, reg.photo_dir)
@@ -243,7 +266,7 @@ async def add_photo(request: web.Request) -> web.Response:
                 path = Path(d) / f"upload{upload.header.suffix}"  # suffix from the detected format only
                 path.write_bytes(upload.data)
                 try:
-                    return reg.add_photo(path, upload.name, upload.consent_by)
+                    return reg.add_photo(path, upload.name, upload.consent_by, owner=owner)
                 except AvatarError as e:  # no server paths in what the client reads
                     raise AvatarError(str(e).replace(str(path), "the upload").replace(str(reg.photo_dir), "the photo store")) from None
 
@@ -260,7 +283,11 @@ async def remove_photo(request: web.Request) -> web.Response:
     """``DELETE /avatars/{name}``: withdraw a photo avatar (its files are deleted)."""
     name = request.match_info["name"]
     reg = request.app[REGISTRY]
+    grant = grant_of(request)
     try:
+        info = reg.get(name)
+        if not _usable(info, grant):  # someone else's likeness: not even its existence is confirmed
+            raise AvatarNotFound(name)
         await asyncio.get_running_loop().run_in_executor(None, reg.remove_photo, name)
     except AvatarNotFound:
         return web.json_response({"error": f"there is no avatar {name[:40]!r}"}, status=404)
@@ -349,7 +376,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         access = app[ACCESS]
         viewer_token = access.issuer.create("viewer", stage=stage_id, ttl_s=12 * 3600) if access.required else None
         stages.add(stage_id, PendingStage(stage_id))  # watch links answer "not started yet" until the offer
-        await send(welcome(sid, cfg, _avatar_list(app), stage_id, viewer_token))
+        grant = grant_of(request)
+        await send(welcome(sid, cfg, _avatar_list(app, grant), stage_id, viewer_token))
         while True:
             try:
                 msg = await ws.receive(timeout=None if accepted else max(deadline - loop.time(), 0.0))
@@ -362,6 +390,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 reply: dict[str, Any] | None = None
                 try:
                     parsed = parse_message(msg.data, limit)
+                    check_avatar(app, grant, parsed)
                     if not accepted and parsed["type"] == "offer":
                         handle = await open_session()
                         try:

@@ -24,6 +24,8 @@ AvatarKind = Literal["built-in", "sprite", "photo"]
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 EXAMPLE_SPRITES = Path(__file__).resolve().parent / "render" / "assets" / "sprites"
 MANIFESTS = ("manifest.yaml", "manifest.yml", "manifest.json")
+OWNER_FILE = "owner.json"  # in a photo avatar's folder: {"owner": subject of the token that registered it}
+OPERATOR = "operator"  # owner of photos registered on the command line (and of the presenter link printed at start)
 
 
 class InvalidAvatarName(AvatarError):
@@ -116,7 +118,7 @@ class AvatarRegistry:
                 log.warning("photo avatar %s skipped: unreadable landmarks.json (%s)", d, e)
                 continue
             consent = meta.get("consent", {}) if isinstance(meta, dict) else {}
-            out.append(AvatarInfo(d.name, "photo", d, {"consent": consent, "size": meta.get("size")}))
+            out.append(AvatarInfo(d.name, "photo", d, {"consent": consent, "size": meta.get("size"), "owner": read_owner(d)}))
         return out
 
     def list(self) -> list[AvatarInfo]:
@@ -176,8 +178,9 @@ class AvatarRegistry:
         clone: Renderer = proto.clone()
         return clone
 
-    def add_photo(self, image_path: Path, name: str, consent_by: str) -> AvatarInfo:
-        """Register the portrait in ``image_path`` as photo avatar ``name``.
+    def add_photo(self, image_path: Path, name: str, consent_by: str, owner: str = OPERATOR) -> AvatarInfo:
+        """Register the portrait in ``image_path`` as photo avatar ``name``, belonging to ``owner``
+        (the subject of the presenter token that uploaded it; only it and admins may use it).
 
         ``consent_by``: who confirms the person shown agreed (required). Raises
         :class:`InvalidAvatarName` (bad or taken name) or
@@ -202,6 +205,7 @@ class AvatarRegistry:
             if out.exists():
                 raise InvalidAvatarName(f"avatar name {name!r} was just taken; choose another name") from e
             raise AvatarError(f"could not store photo avatar {name!r} in {out}: {e}") from e
+        (out / OWNER_FILE).write_text(json.dumps({"owner": owner[:80]}), encoding="utf-8")
         return self.get(name)
 
     def remove_photo(self, name: str) -> None:
@@ -219,6 +223,16 @@ class AvatarRegistry:
         self._photo_protos = {k: v for k, v in self._photo_protos.items() if not k[0] == str(info.path)}
 
 
+def read_owner(folder: Path) -> str:
+    """The owner of the photo avatar in ``folder``: its ``owner.json``, or :data:`OPERATOR` for a
+    photo registered before owners were kept (or whose file is unreadable)."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8")).get("owner")
+    except (OSError, ValueError, AttributeError):
+        return OPERATOR
+    return owner if isinstance(owner, str) and owner else OPERATOR
+
+
 def format_avatar_lines(infos: Sequence[AvatarInfo]) -> list[str]:
     """``avatar avatars`` output: one line per avatar, name first, then kind, then details."""
     width = max((len(i.name) for i in infos), default=4)
@@ -227,7 +241,7 @@ def format_avatar_lines(infos: Sequence[AvatarInfo]) -> list[str]:
         extra = ""
         if i.kind == "photo":
             c = i.meta.get("consent", {}) or {}
-            extra = f"consent by {c.get('by', '?')} at {c.get('at', '?')}"
+            extra = f"owner {i.meta.get('owner', OPERATOR)}, consent by {c.get('by', '?')} at {c.get('at', '?')}"
         elif i.kind == "sprite" and i.path is not None:
             extra = str(i.path)
         lines.append(f"{i.name:<{width}}  {i.kind:<8}  {extra}".rstrip())

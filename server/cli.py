@@ -59,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"TLS certificate {files.cert} SHA-256 {files.fingerprint}" + (f" for {', '.join(files.names)}" if files.names else ""), flush=True)
     access = app[ACCESS]
     if access.required:
-        token = access.issuer.create("presenter", ttl_s=12 * 3600, subject="printed at start")
+        from server.avatars import OPERATOR
+
+        token = access.issuer.create("presenter", ttl_s=12 * 3600, subject=OPERATOR)
         print(f"access tokens required: presenter link (12 h) {url}?token={token}", flush=True)
     print(f"avatar server: open {url}", flush=True)
     # keepalive_timeout also bounds a connection that never sends a request (aiohttp arms it on connect)
@@ -136,8 +138,8 @@ def cmd_add_photo(args: argparse.Namespace) -> int:
     from server.avatars import AvatarRegistry
 
     cfg = _config(args)
-    info = AvatarRegistry(cfg.avatars.data_dir).add_photo(args.image, args.name, args.consent_by or "")
-    print(f"registered photo avatar {info.name!r}")
+    info = AvatarRegistry(cfg.avatars.data_dir).add_photo(args.image, args.name, args.consent_by or "", owner=args.owner)
+    print(f"registered photo avatar {info.name!r} (owner {args.owner!r})")
     return 0
 
 
@@ -225,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--role", required=True, choices=["presenter", "viewer", "admin"])
     tc.add_argument("--stage", default=None, help="a viewer token's stage (default: any stage)")
     tc.add_argument("--ttl", type=float, default=24 * 3600, help="lifetime, s (default 24 h)")
-    tc.add_argument("--subject", default="", help="who it is for (kept in the token, for logs)")
+    tc.add_argument("--subject", default="", help="who it is for (kept in the token, for logs); a presenter's photo avatars belong to its subject (default: a fresh one per token)")
     tc.set_defaults(func=cmd_token_create)
 
     sp = sub.add_parser("render", help="render an audio file to an MP4 of the avatar")
@@ -256,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("image", type=Path)
     sp.add_argument("--name", required=True)
     sp.add_argument("--consent-by", default=None, help="who consented to this likeness being animated (required)")
+    sp.add_argument("--owner", default="operator",
+                    help="who may use it: the subject of their presenter token (avatar token create --subject); "
+                         "default 'operator', the presenter link printed at start (admins may use every photo)")
     sp.set_defaults(func=cmd_add_photo)
 
     sp = sub.add_parser("remove-photo", help="withdraw a photo avatar: its files are deleted (consent revoked)")

@@ -1,6 +1,7 @@
 """Access tokens: roles in signed, expiring JWTs (PyJWT, HS256), like LiveKit's grants.
 
-- ``presenter``: may start a stage (the page's Start) and upload photo avatars;
+- ``presenter``: may start a stage (the page's Start), upload photo avatars, and use and remove
+  the photo avatars registered under its own subject (``sub``);
 - ``viewer``: may watch one named stage (``stage`` claim) or, without one, any stage;
 - ``admin``: everything, plus ``/stats``, ``/metrics`` and minting tokens.
 
@@ -54,6 +55,11 @@ class Grant:
             return self.role == "presenter" or (self.role == "viewer" and (self.stage is None or self.stage == stage))
         return self.role == need
 
+    def owns(self, owner: str) -> bool:
+        """Whether this grant may use and remove a photo avatar registered by ``owner``: its
+        own (same subject), or any for an admin."""
+        return self.role == "admin" or (bool(owner) and self.subject == owner)
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a listen address or name) is this machine only."""
@@ -97,7 +103,10 @@ class TokenIssuer:
         if stage is not None and role != "viewer":
             raise AvatarError(f"only viewer tokens name a stage (role {role!r})")
         now = int(time.time())
-        claims: dict[str, object] = {"iss": ISSUER, "iat": now, "exp": now + int(ttl_s), "role": role, "sub": subject[:80]}
+        # A token issued to nobody in particular is its own subject: two such presenters never
+        # share the photo avatars each registered.
+        sub = subject[:80] or f"{role}-{secrets.token_hex(6)}"
+        claims: dict[str, object] = {"iss": ISSUER, "iat": now, "exp": now + int(ttl_s), "role": role, "sub": sub}
         if stage is not None:
             claims["stage"] = stage
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)

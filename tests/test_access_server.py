@@ -152,3 +152,50 @@ async def test_chromium_over_https_with_a_token(secure: ServerProcess, speech_wa
         finally:
             await viewer_ctx.close()
             await ctx.close()
+
+
+async def test_photo_avatars_belong_to_their_presenter(secure: ServerProcess, tmp_path: Path) -> None:
+    """A photo avatar registered for ``alice`` is listed, usable and removable by alice's
+    presenter tokens and admins only; for anyone else it does not exist (not in ``/avatars``
+    or ``welcome``, ``unknown_avatar`` for set_avatar, 404 for a delete)."""
+    import json
+
+    import cv2
+    from skimage import data as skdata
+
+    img = tmp_path / "astronaut.png"
+    cv2.imwrite(str(img), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    data = secure.args[secure.args.index("--data-dir") + 1]
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "server", "add-photo", str(img), "--name", "alices-face", "--consent-by", "alice",
+                         "--owner", "alice", "--data-dir", data], cwd=ROOT, check=True, capture_output=True, text=True)
+    alice, bob, admin = (token(secure, "presenter", "--subject", "alice"), token(secure, "presenter", "--subject", "bob"),
+                         token(secure, "admin"))
+    anonymous = token(secure, "presenter")  # no subject: its own, never "alice"
+    base = secure.url
+    async with aiohttp.ClientSession() as http:
+        for tok, listed in ((alice, True), (admin, True), (bob, False), (anonymous, False)):
+            code, body = await status(http, "GET", base + "/avatars", tok)
+            assert code == 200 and ("alices-face" in body) == listed, body
+
+        async def set_avatar(tok: str) -> tuple[dict[str, object], dict[str, object]]:
+            ws_url = base.replace("https://", "wss://") + f"/ws?token={tok}"
+            async with http.ws_connect(ws_url, ssl=False) as ws:
+                hello = json.loads((await ws.receive(timeout=10)).data)
+                await ws.send_str(json.dumps({"v": 1, "type": "control", "action": "set_avatar", "avatar": "alices-face"}))
+                return hello, json.loads((await ws.receive(timeout=10)).data)
+
+        hello, reply = await set_avatar(bob)
+        assert "alices-face" not in json.dumps(hello["avatars"])
+        assert reply["code"] == "unknown_avatar" and "alices-face" not in str(reply["message"]).split("available:")[1], reply
+        hello, reply = await set_avatar(alice)
+        assert any(a["name"] == "alices-face" for a in hello["avatars"])  # type: ignore[union-attr]
+        assert reply["code"] == "state", reply  # hers: only "before offer" stands in the way
+
+        code, body = await status(http, "DELETE", base + "/avatars/alices-face", bob)
+        assert code == 404 and "alices-face" in body, body
+        photo = Path(data) / "photos" / "alices-face"
+        assert photo.is_dir()
+        code, body = await status(http, "DELETE", base + "/avatars/alices-face", alice)
+        assert code == 200, body
+        assert not photo.exists()
