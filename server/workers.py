@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import multiprocessing as mp
@@ -29,6 +30,7 @@ from typing import Any
 
 from server.config import AppConfig
 from server.errors import ProtocolError
+from server.heap import HeapTrimmer
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class _Worker:
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.trimmer = HeapTrimmer()  # a finished session's memory goes back to the OS
 
     def send(self, msg: dict[str, Any]) -> None:
         try:
@@ -113,6 +116,8 @@ class _Worker:
         loop = asyncio.get_running_loop()
         models = await loop.run_in_executor(None, load_models, self.cfg)
         await warm_up(self.cfg, models)
+        gc.collect()
+        gc.freeze()  # what start-up made lives as long as the worker: later full collections skip it
         clock = MonotonicClock()
         loop.add_reader(self.conn.fileno(), self._readable)
         self.send({"op": "ready", "pid": os.getpid()})
@@ -139,6 +144,7 @@ class _Worker:
             for t in list(self.tasks):
                 t.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.trimmer.close()
 
     def _open(self, sid: str, seed: int, models: Any, clock: Any, stage_id: str | None = None) -> None:
         from server.session import Session
@@ -152,6 +158,7 @@ class _Worker:
             self.sessions.pop(s.sid, None)
             self.locks.pop(s.sid, None)
             self.send({"op": "closed", "sid": s.sid})
+            self.trimmer.soon()
 
         session.on_closed = closed
         self.sessions[sid] = session
