@@ -202,6 +202,7 @@ async def stats(request: web.Request) -> web.Response:
         "loop_tasks": len(asyncio.all_tasks()) + sum(p["loop_tasks"] for p in parts if pool is not None),
         "workers": len(parts) if pool is not None else 0,
         "worker_restarts": pool.restarts if pool is not None else 0,
+        "worker_recycles": pool.recycled if pool is not None else 0,
         "worker_pids": [p["worker_pid"] for p in parts if "worker_pid" in p],
         "fps_mean": round(sum(p["fps"] for p in per) / len(per), 2) if per else None,
     }

@@ -215,6 +215,9 @@ class _WorkerHandle:
     ready: asyncio.Future[None]
     sessions: dict[str, RemoteSession] = field(default_factory=dict)
     alive: bool = True
+    served: int = 0  # sessions opened on this worker so far
+    draining: bool = False  # being recycled: no new sessions while a replacement is ready; retired when empty
+    replacement: _WorkerHandle | None = None
 
 
 class RemoteSession:
@@ -256,7 +259,14 @@ class RemoteSession:
 
 
 class WorkerPool:
-    """N session worker processes; sessions go to the least loaded one."""
+    """N session worker processes; sessions go to the least loaded one.
+
+    With ``[server] worker_recycle_sessions`` = N > 0, a worker that has been given N sessions is
+    recycled gracefully: a replacement starts at once and takes the new sessions as soon as it is
+    ready, the old worker keeps its live sessions to their end and is then shut down (no call is
+    interrupted). A safety net for memory a finished session leaves in the process that
+    :mod:`server.heap` cannot give back (native libraries' caches and fragmentation).
+    """
 
     def __init__(self, cfg: AppConfig, n: int) -> None:
         if n < 1:
@@ -270,6 +280,9 @@ class WorkerPool:
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = 0
+        self.recycled = 0  # workers retired after worker_recycle_sessions sessions
+        self.recycle_after = cfg.server.worker_recycle_sessions
+        self._next_index = itertools.count(n)  # indexes (log names) of replacement workers
 
     async def start(self, timeout_s: float = 120.0) -> None:
         """Spawn the workers and wait until each has loaded its models."""
@@ -312,6 +325,8 @@ class WorkerPool:
                 s.closed.set()
                 if s.on_closed is not None:
                     self._spawn_task(s.on_closed(s))
+            if w.draining and not w.sessions:
+                self._spawn_task(self._retire(w))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -334,10 +349,15 @@ class WorkerPool:
             self._spawn_task(s.send({"v": 1, "type": "error", "code": "internal", "message": "the session's worker process stopped; please reconnect", "fatal": True}))
             if s.on_closed is not None:
                 self._spawn_task(s.on_closed(s))
-        if not self._closing:
-            log.error("session worker %d died (exit code %s); starting a new one", w.index, w.proc.exitcode)
-            self.restarts += 1
-            self.workers[self.workers.index(w)] = self._spawn(w.index)
+        if self._closing:
+            return
+        if w.draining:  # it was being recycled: its replacement is already there
+            log.error("session worker %d died while being recycled (exit code %s)", w.index, w.proc.exitcode)
+            self.workers.remove(w)
+            return
+        log.error("session worker %d died (exit code %s); starting a new one", w.index, w.proc.exitcode)
+        self.restarts += 1
+        self.workers[self.workers.index(w)] = self._spawn(w.index)
 
     def post(self, w: _WorkerHandle, msg: dict[str, Any]) -> None:
         """Send without waiting for an answer."""
@@ -359,19 +379,53 @@ class WorkerPool:
         finally:
             self._pending.pop(rid, None)
 
-    async def open(self, sid: str, seed: int, send: SendJson, stage_id: str | None = None) -> RemoteSession:
-        """Create a session on the least loaded live worker."""
+    def _ready(self) -> list[_WorkerHandle]:
+        """Live workers that have loaded their models, those not being recycled first."""
         live = [w for w in self.workers if w.alive and w.ready.done() and w.ready.exception() is None]
+        fresh = [w for w in live if not w.draining]
+        return fresh or live  # a draining worker serves only while its replacement is still starting
+
+    async def open(self, sid: str, seed: int, send: SendJson, stage_id: str | None = None) -> RemoteSession:
+        """Create a session on the least loaded live worker (not one being recycled, if any other is ready)."""
+        live = self._ready()
         if not live:
             await asyncio.gather(*(w.ready for w in self.workers if w.alive), return_exceptions=True)
-            live = [w for w in self.workers if w.alive and w.ready.done() and w.ready.exception() is None]
+            live = self._ready()
         if not live:
             raise ProtocolError("internal", "no session worker is running", fatal=True)
         w = min(live, key=lambda x: len(x.sessions))
         s = RemoteSession(self, w, sid, send)
         w.sessions[sid] = s
+        w.served += 1
         self.post(w, {"op": "open", "sid": sid, "seed": seed, "stage": stage_id})
+        if self.recycle_after and w.served >= self.recycle_after and not w.draining and not self._closing:
+            w.draining = True
+            w.replacement = self._spawn(next(self._next_index))
+            self.workers.append(w.replacement)
+            log.info("session worker %d has served %d sessions: recycling it once its %d live session(s) end (worker %d starting)",
+                     w.index, w.served, len(w.sessions), w.replacement.index)
         return s
+
+    async def _retire(self, w: _WorkerHandle) -> None:
+        """Shut down a drained worker once its replacement is ready (or has failed to start)."""
+        if w.replacement is not None:
+            await asyncio.gather(w.replacement.ready, return_exceptions=True)
+        if not w.alive or w.sessions or self._closing:
+            return  # died meanwhile, took a session while the replacement was starting, or the pool is closing
+        w.alive = False
+        if w in self.workers:
+            self.workers.remove(w)
+        self.post(w, {"op": "shutdown"})
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, w.proc.join, 10.0)
+        if w.proc.is_alive():
+            w.proc.kill()
+            await loop.run_in_executor(None, w.proc.join, 5.0)
+        with contextlib.suppress(Exception):
+            loop.remove_reader(w.conn.fileno())
+        w.conn.close()
+        self.recycled += 1
+        log.info("session worker %d retired after %d sessions (exit code %s)", w.index, w.served, w.proc.exitcode)
 
     async def stats(self) -> list[dict[str, Any]]:
         """Each live worker's session stats."""

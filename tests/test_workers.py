@@ -77,3 +77,51 @@ async def test_in_process_sessions(netns: str, speech_wav: Path, tmp_path: Path,
     finally:
         code = srv.stop()
     assert code in (0, -2, None), srv.log_tail()
+
+
+async def test_worker_recycled_without_interrupting_its_calls(netns: str, speech_wav: Path, tmp_path: Path) -> None:
+    """worker_recycle_sessions = 2: the second call starts a replacement worker; a third call goes
+    to it; the first two run to their end on the old worker, which then exits."""
+    cfg = tmp_path / "recycle.toml"
+    cfg.write_text("[server]\nworkers = 1\nworker_recycle_sessions = 2\n")
+    srv = ServerProcess(netns, tmp_path / "server.log", ["--config", str(cfg), "--data-dir", str(tmp_path / "d"), *model_args()])
+    srv.start()
+    try:
+        old_pid = int((await get_json(srv.url, "/stats"))["totals"]["worker_pids"][0])
+        a = asyncio.create_task(run_client(srv.url, speech_wav, None, None, duration=16.0))
+        assert await wait_sessions(srv.url, 1, timeout_s=20) == 1
+        b = asyncio.create_task(run_client(srv.url, speech_wav, None, None, duration=8.0))
+        assert await wait_sessions(srv.url, 2, timeout_s=20) == 2
+
+        async def replacement_ready() -> bool:
+            return len((await get_json(srv.url, "/stats"))["totals"]["worker_pids"]) == 2
+
+        await _wait_for(replacement_ready, tries=300)
+        pids = (await get_json(srv.url, "/stats"))["totals"]["worker_pids"]
+        new_pid = next(int(p) for p in pids if int(p) != old_pid)
+        c = asyncio.create_task(run_client(srv.url, speech_wav, None, None, duration=3.0))
+
+        async def third_on_new_worker() -> bool:
+            return any(s["worker_pid"] == new_pid for s in (await get_json(srv.url, "/stats"))["sessions"])
+
+        await _wait_for(third_on_new_worker)
+        results = await asyncio.gather(a, b, c)
+        for r in results:  # none interrupted (frame rates are not the point: the replacement's start-up takes CPU)
+            assert r.errors == [] and r.frames_received > 10 * r.duration_s, r.summary()
+        assert results[0].duration_s >= 15.0, results[0].summary()
+
+        async def retired() -> bool:
+            t = (await get_json(srv.url, "/stats"))["totals"]
+            return bool(t["worker_recycles"] == 1 and t["worker_pids"] == [new_pid])
+
+        await _wait_for(retired, tries=150)
+        assert not os.path.exists(f"/proc/{old_pid}"), "the retired worker was not reaped"  # noqa: ASYNC240 - /proc, instant
+        totals = (await get_json(srv.url, "/stats"))["totals"]
+        assert totals["worker_restarts"] == 0 and totals["sessions"] == 0
+        again = await run_client(srv.url, speech_wav, None, None, duration=2.0)
+        assert again.frames_received > 20 and again.errors == []
+    finally:
+        code = srv.stop()
+    assert code in (0, -2, None), srv.log_tail()
+    log = (tmp_path / "server.log").read_text()
+    assert "retired after 2 sessions" in log and "Traceback" not in log, log[-3000:]
