@@ -282,3 +282,28 @@ async def test_wrong_turn_secret_shows_turn_failed(netns: str, coturn: Coturn, s
             assert errors == [], errors
     finally:
         srv.stop()
+
+
+async def test_avatar_client_relays_too(netns: str, coturn: Coturn, speech_wav: Path, tmp_path: Path) -> None:
+    """``avatar client`` takes the welcome's TURN credentials and relay-only policy."""
+    from server.client import AvatarClient, load_audio
+
+    srv = relay_server(netns, tmp_path / "srv", SECRET)
+    srv.start()
+    try:
+        client = AvatarClient(srv.url, load_audio(speech_wav), duration=3.0, timeout=20.0)
+        try:
+            await client.start()
+            assert client.pc is not None and client.pc.localDescription is not None
+            kinds = re.findall(r"a=candidate:\S+ \d+ udp \d+ \S+ \d+ typ (\w+)", client.pc.localDescription.sdp)
+            assert kinds and set(kinds) == {"relay"}, f"the client offered {kinds}, not relay candidates only"
+            await client.wait_done()
+        finally:
+            await client.close()
+        frames = len(client.stats.frames)
+        print(f"\navatar client through the relay: {frames} frames in 3 s of microphone")
+        assert frames > 30, client.stats.to_json()
+        sid = client.stats.session
+        assert any(u.endswith(f":{sid}") for u in coturn.allocations()), coturn.allocations()
+    finally:
+        srv.stop()
