@@ -12,7 +12,7 @@ APT_PKGS := espeak-ng libespeak-ng1 chromium iproute2 festival festvox-kallpc16k
             festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj libflite1 firefox-esr pulseaudio \
             fortune-mod fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru fortunes-pl fortunes-cs \
             wamerican wngerman wfrench wspanish witalian wportuguese wpolish wdutch nodejs \
-            asterisk-core-sounds-en-g722 asterisk-core-sounds-en janus pulseaudio-utils libportaudio2
+            asterisk-core-sounds-en-g722 asterisk-core-sounds-en janus pulseaudio-utils libportaudio2 coturn
 RHUBARB_NPM := rhubarb-lip-sync-wasm@0.1.8
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 # Every Python dependency is installed from a lock (exact versions, sha256 hashes, --no-deps: the

@@ -4,7 +4,7 @@
 
 const PROTOCOL_VERSION = 1;
 const VISEME_NAMES = ["sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "I", "O", "U"];
-const ICE_GATHER_TIMEOUT_MS = 3000; // host candidates only (no STUN by default): gathering is quick
+const ICE_GATHER_TIMEOUT_MS = 3000; // host candidates (and a TURN allocation, when configured): gathering is quick
 const WELCOME_TIMEOUT_MS = 5000;
 const ANSWER_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 2000;
@@ -62,6 +62,9 @@ const client = {
   lastError: null,        // {code, title, text}
   timings: {},            // ms after Start of each step: mic, socket, welcome, gathered, answer, connected, firstFrame
 };
+// the current call's RTCPeerConnection (getStats: which candidate pair carries the call); not
+// enumerable, so serializing avatarClient stays plain data
+Object.defineProperty(client, "pc", { get: () => (call && !call.closed ? call.pc : null), enumerable: false });
 window.avatarClient = client;
 
 /** Everything one call owns; replaced on each Start so late callbacks of an old call are ignored. */
@@ -721,9 +724,20 @@ async function start() {
   if (c !== call || c.closed) return;
 
   // 3. peer connection: sendonly mic, recvonly video, `visemes` data channel (before the offer)
+  // ice_servers carry TURN credentials minted for this connection; "relay" = only through TURN
   const iceServers = Array.isArray(welcomeMsg.ice_servers) ? welcomeMsg.ice_servers : [];
-  const pc = new RTCPeerConnection({ iceServers });
+  const relayOnly = welcomeMsg.ice_transport_policy === "relay";
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: relayOnly ? "relay" : "all" });
   c.pc = pc;
+  const turnErrors = []; // icecandidateerror: the TURN server refused (401) or did not answer (701)
+  pc.onicecandidateerror = (ev) => {
+    if (/^turns?:/.test(ev.url || "")) turnErrors.push(`${ev.url}: ${ev.errorCode} ${ev.errorText || ""}`.trim());
+  };
+  const turnFailed = () => fail(c, "Could not reach the TURN relay",
+    "This server only connects calls through its TURN relay, and the relay could not be reached or refused the "
+    + "call's credentials" + (turnErrors.length ? ` (${turnErrors.join("; ")})` : "")
+    + ". Check that UDP to the relay is not blocked, or ask the operator to check its TURN set-up, then press Retry.",
+    { code: "turn_failed" });
   const dc = pc.createDataChannel("visemes", { ordered: false, maxRetransmits: 0 });
   c.dc = dc;
   dc.onmessage = (ev) => { if (c === call && !c.closed) onVisemes(c, ev.data); };
@@ -745,7 +759,9 @@ async function start() {
     if (c !== call || c.closed) return;
     const s = pc.connectionState;
     if (s === "connected" && client.timings.connected == null) mark("connected");
-    if (s === "failed") {
+    if (s === "failed" && relayOnly) {
+      turnFailed();
+    } else if (s === "failed") {
       fail(c, "Connection failed",
         "The video link to the server could not be established or was lost (a firewall or VPN may block WebRTC). Press Retry to try again.",
         { code: "ice_failed" });
@@ -758,6 +774,7 @@ async function start() {
   // some browsers only report ICE state (not connectionState)
   pc.oniceconnectionstatechange = () => {
     if (c === call && !c.closed && pc.iceConnectionState === "failed" && pc.connectionState === undefined) {
+      if (relayOnly) { turnFailed(); return; }
       fail(c, "Connection failed", "The video link to the server could not be established. Press Retry.", { code: "ice_failed" });
     }
   };
@@ -768,6 +785,10 @@ async function start() {
     await gatherComplete(pc, ICE_GATHER_TIMEOUT_MS);
     mark("gathered");
     if (c !== call || c.closed) return;
+    if (relayOnly && !/ typ relay/.test(pc.localDescription.sdp)) {
+      turnFailed(); // no relay candidate: the call cannot connect at all
+      return;
+    }
     const answerP = waitFor(c, "answer", ANSWER_TIMEOUT_MS, "the server's answer");
     const msg = { type: "offer", sdp: pc.localDescription.sdp };
     if (ui.avatarSelect.value) msg.avatar = ui.avatarSelect.value;

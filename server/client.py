@@ -41,6 +41,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -511,8 +512,12 @@ def http_base(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 
-def rtc_configuration(ice_servers: Sequence[str | dict[str, Any]] = ()) -> RTCConfiguration:
-    """An RTCConfiguration with exactly these ICE servers (none by default: no public STUN)."""
+def rtc_configuration(ice_servers: Sequence[str | dict[str, Any]] = (), policy: str = "all") -> RTCConfiguration:
+    """An RTCConfiguration with exactly these ICE servers (none by default: no public STUN);
+    ``policy``: ``"all"`` or ``"relay"`` (only TURN candidates, as the welcome's
+    ``ice_transport_policy`` asks)."""
+    if policy not in ("all", "relay"):
+        raise ClientError(f"ICE transport policy must be 'all' or 'relay', got {policy!r}")
     servers: list[RTCIceServer] = []
     for s in ice_servers:
         if isinstance(s, str):
@@ -523,7 +528,7 @@ def rtc_configuration(ice_servers: Sequence[str | dict[str, Any]] = ()) -> RTCCo
                     urls=s["urls"], username=s.get("username"), credential=s.get("credential")
                 )
             )
-    return RTCConfiguration(iceServers=servers)
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy(policy))
 
 
 def parse_candidate(c: dict[str, Any]) -> Any:
@@ -625,7 +630,9 @@ class AvatarClient:
         self.emotion = emotion
         self.timeout = timeout
         self.stats = ClientStats(url=url, audio_s=audio.size / MIC_RATE)
-        self._ice_servers = ice_servers
+        self._ice_servers = ice_servers  # given by the caller; the welcome's (minted TURN credentials) join them
+        self._welcome_ice: list[dict[str, Any]] = []
+        self._ice_policy = "all"
         self._http: aiohttp.ClientSession | None = None
         self.sig: Signaling | None = None
         self.pc: RTCPeerConnection | None = None
@@ -698,6 +705,10 @@ class AvatarClient:
         if msg.get("type") != "welcome":
             raise ClientError(f"expected welcome, got {msg.get('type')!r}: {msg}")
         self.stats.session = msg.get("session")
+        ice = msg.get("ice_servers")
+        if isinstance(ice, list):
+            self._welcome_ice = [s for s in ice if isinstance(s, dict) and s.get("urls")]
+        self._ice_policy = "relay" if msg.get("ice_transport_policy") == "relay" else "all"
         self.stats.server_version = msg.get("server")
         stage = msg.get("stage")
         if isinstance(stage, dict) and isinstance(stage.get("id"), str):
@@ -707,7 +718,7 @@ class AvatarClient:
 
     def make_pc(self) -> RTCPeerConnection:
         """The peer connection: mic (sendonly), video (recvonly), ``visemes`` data channel."""
-        pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        pc = RTCPeerConnection(rtc_configuration([*self._ice_servers, *self._welcome_ice], self._ice_policy))
         self.pc = pc
         pc.addTransceiver(self.mic, direction="sendonly")
         pc.addTransceiver("video", direction="recvonly")

@@ -42,6 +42,10 @@ class ServerConfig:
     max_message_bytes: int = 262_144  # bytes, largest accepted signaling message
     stats_interval_s: float = 1.0  # s between `stats` events to each client
     ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
+    turn_secret: str = ""  # coturn static-auth-secret: per-call TURN credentials for turn_urls; "" = off
+    turn_urls: tuple[str, ...] = ()  # TURN URLs the minted credentials are for ("turn:host:3478?transport=udp")
+    turn_ttl_s: int = 3600  # s, lifetime of each minted TURN credential
+    ice_transport_policy: str = "all"  # the clients' ICE candidates: "all", or "relay" (TURN only)
     workers: int | str = "auto"  # session worker processes: 0 = in the server process, "auto" = two per core
     auth: str = "auto"  # access tokens: "required", "off", or "auto" (required unless listening on loopback)
     token_secret: str = ""  # HMAC secret signing access tokens (>= 32 chars); "" = a random one kept in the data dir
@@ -71,6 +75,22 @@ class ServerConfig:
             return min(2 * cores, self.max_sessions) if cores > 1 else 0
         return int(self.workers)
 
+    def _check_turn(self) -> None:
+        _check(isinstance(self.turn_secret, str), "server.turn_secret", self.turn_secret, "a string")
+        for url in self.turn_urls:
+            _check(isinstance(url, str) and url.startswith(("turn:", "turns:")) and len(url) > 6, "server.turn_urls", url,
+                   'a list of "turn:host:port[?transport=udp|tcp]" or "turns:..." URLs')
+        _check(bool(self.turn_urls) or not self.turn_secret, "server.turn_urls", list(self.turn_urls),
+               "at least one TURN URL when server.turn_secret is set")
+        _check(bool(self.turn_secret) or not self.turn_urls, "server.turn_secret", self.turn_secret,
+               "set (coturn's static-auth-secret) when server.turn_urls are given")
+        _check(isinstance(self.turn_ttl_s, int) and not isinstance(self.turn_ttl_s, bool) and 0 < self.turn_ttl_s <= 7 * 86400,
+               "server.turn_ttl_s", self.turn_ttl_s, "an integer in 1..604800 s")
+        _check(self.ice_transport_policy in ("all", "relay"), "server.ice_transport_policy", self.ice_transport_policy, '"all" or "relay"')
+        has_turn = bool(self.turn_urls) or any(u.startswith(("turn:", "turns:")) for s in self.ice_servers for u in s.urls)
+        _check(self.ice_transport_policy == "all" or has_turn, "server.ice_transport_policy", self.ice_transport_policy,
+               '"all" unless a TURN server is configured (server.turn_urls or a turn: URL in server.ice_servers)')
+
     def __post_init__(self) -> None:
         _check(self.workers == "auto" or (isinstance(self.workers, int) and 0 <= self.workers <= 64), "server.workers", self.workers, '"auto" or an integer in 0..64')
         _check(0 < self.port < 65536, "server.port", self.port, "in 1..65535")
@@ -89,6 +109,7 @@ class ServerConfig:
         _check(isinstance(self.worker_recycle_sessions, int) and 0 <= self.worker_recycle_sessions <= 10**9,
                "server.worker_recycle_sessions", self.worker_recycle_sessions, "an integer >= 0 (0 = never)")
         _check(64 << 10 <= self.max_photo_bytes <= 256 << 20, "server.max_photo_bytes", self.max_photo_bytes, "in 64 KiB..256 MiB")
+        self._check_turn()
         from server.security import parse_allowed
 
         parse_allowed(self.allowed_origins)  # raises ConfigError naming a bad entry
@@ -260,6 +281,13 @@ def _build(cls: type, section: str, table: dict[str, Any]) -> Any:
         if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
             raise ConfigError(f"server.allowed_origins must be a list of origin strings, got {origins!r}")
         kwargs["allowed_origins"] = tuple(origins)
+    if cls is ServerConfig and "turn_urls" in kwargs:
+        urls = kwargs["turn_urls"]
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise ConfigError(f"server.turn_urls must be a list of TURN URL strings, got {urls!r}")
+        kwargs["turn_urls"] = tuple(urls)
     if cls is AvatarsConfig and "data_dir" in kwargs:
         kwargs["data_dir"] = Path(os.path.expanduser(str(kwargs["data_dir"])))
     try:

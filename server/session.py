@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from engines.spec import VISEMES
+from server import turn
 from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
@@ -63,7 +64,9 @@ class Session:
         self.seed = seed
         self._send = send
         vp8.install(cfg.video.vp8_cpu_used, cfg.video.max_bitrate_kbps * 1000)  # idempotent; rendered frames need no denoiser
-        ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in cfg.server.ice_servers]
+        # TURN credentials of its own ("<expiry>:<sid>.server"), so the server's side can relay too
+        servers = turn.ice_servers(cfg.server, sid + turn.SERVER_SUFFIX, time.time())
+        ice = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"session-{sid}")
         self.pipeline: AvatarPipeline | None = None

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from server import __version__
+from server import __version__, turn
 from server.config import AppConfig
 from server.errors import ProtocolError
 from server.protocol import PROTOCOL_VERSION, parse_message
@@ -68,12 +69,10 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
 def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: str | None = None,
             viewer_token: str | None = None) -> dict[str, Any]:
     """The first message on a new connection; ``viewer_token`` (when access is required) goes
-    into the stage's links, so whoever gets a link may watch that stage and nothing else."""
+    into the stage's links, so whoever gets a link may watch that stage and nothing else.
+    ``ice_servers`` carry TURN credentials minted for this connection (``[server] turn_secret``)."""
     q = f"?token={viewer_token}" if viewer_token else ""
-    ice = [
-        {"urls": list(s.urls), **({"username": s.username} if s.username else {}), **({"credential": s.credential} if s.credential else {})}
-        for s in cfg.server.ice_servers
-    ]
+    ice = turn.ice_server_dicts(turn.ice_servers(cfg.server, sid, time.time()))
     return {
         "v": PROTOCOL_VERSION,
         "type": "welcome",
@@ -81,6 +80,7 @@ def welcome(sid: str, cfg: AppConfig, avatars: list[dict[str, str]], stage_id: s
         "server": {"version": __version__},
         "avatars": avatars,
         "ice_servers": ice,
+        "ice_transport_policy": cfg.server.ice_transport_policy,
         **({"stage": {"id": stage_id, "watch": f"/watch/{stage_id}{q}", "obs": f"/obs/{stage_id}{q}", "whep": f"/whep/{stage_id}",
                       **({"token": viewer_token} if viewer_token else {})}} if stage_id else {}),
     }
