@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
 from server.config import AppConfig, load_config
 from server.errors import AvatarError, ConfigError
+from server.logs import setup_logging
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
@@ -29,6 +29,8 @@ def _config(args: argparse.Namespace) -> AppConfig:
         overrides.setdefault("video", {}).update(width=int(w), height=int(h or w))
     if getattr(args, "record_stages", None):
         overrides.setdefault("stage", {})["record"] = True
+    if getattr(args, "log_format", None):
+        overrides.setdefault("server", {})["log_format"] = args.log_format
     if getattr(args, "auth", None):
         overrides.setdefault("server", {})["auth"] = args.auth
     if getattr(args, "data_dir", None):
@@ -44,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import ACCESS, build_app
 
     cfg = _config(args)
+    setup_logging(cfg.server.log_format, verbose=args.verbose)
     files: tls.TlsFiles | None = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -215,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--auth", default=None, choices=["auto", "required", "off"], help="access tokens (default [server] auth: auto)")
     sp.add_argument("--tls-cert", type=Path, default=None, help="HTTPS: certificate chain (PEM)")
     sp.add_argument("--tls-key", type=Path, default=None, help="HTTPS: private key (PEM)")
+    sp.add_argument("--log-format", default=None, choices=["text", "json"],
+                    help="log lines as text or one JSON object each (default [server] log_format: text)")
     sp.add_argument("--self-signed", action="store_true",
                     help="HTTPS with a self-signed certificate for this host's names and addresses (kept in the data dir)")
     sp.set_defaults(func=cmd_serve)
@@ -307,9 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``avatar`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aioice").setLevel(logging.WARNING)
-    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    setup_logging(getattr(args, "log_format", None) or "text", verbose=args.verbose)
     try:
         return args.func(args)
     except AvatarError as e:

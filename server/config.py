@@ -61,6 +61,7 @@ class ServerConfig:
     max_request_bytes: int = 65_536  # bytes, largest request body except the photo upload
     max_photo_bytes: int = 15 << 20  # bytes, largest photo upload (the whole multipart body)
     upload_timeout_s: float = 60.0  # s to receive a photo upload
+    log_format: str = "text"  # log lines: "text" or "json" (one object per line)
     worker_recycle_sessions: int = 500  # sessions after which a worker is replaced once its live ones end; 0 = never
 
     def worker_count(self) -> int:
@@ -106,6 +107,7 @@ class ServerConfig:
             value = getattr(self, key)
             _check(isinstance(value, int) and 1 <= value <= 100_000, f"server.{key}", value, "an integer in 1..100000")
         _check(1024 <= self.max_request_bytes <= 16 << 20, "server.max_request_bytes", self.max_request_bytes, "in 1 KiB..16 MiB")
+        _check(self.log_format in ("text", "json"), "server.log_format", self.log_format, 'one of "text", "json"')
         _check(isinstance(self.worker_recycle_sessions, int) and 0 <= self.worker_recycle_sessions <= 10**9,
                "server.worker_recycle_sessions", self.worker_recycle_sessions, "an integer >= 0 (0 = never)")
         _check(64 << 10 <= self.max_photo_bytes <= 256 << 20, "server.max_photo_bytes", self.max_photo_bytes, "in 64 KiB..256 MiB")

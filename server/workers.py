@@ -42,9 +42,9 @@ SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
 def worker_main(cfg: AppConfig, conn: Connection, index: int) -> None:
     """Entry point of a worker process."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
-    logging.getLogger("aioice").setLevel(logging.WARNING)
-    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    from server.logs import setup_logging
+
+    setup_logging(cfg.server.log_format, process=f"worker{index}")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_Worker(cfg, conn, index).run())
 
