@@ -35,8 +35,9 @@ def probs(**named: float) -> NDArray[np.float32]:
 class Driver:
     """Feeds an Animator like the live pipeline: 20 ms viseme frames, 30 fps samples."""
 
-    def __init__(self, animator: Animator) -> None:
+    def __init__(self, animator: Animator, fps: float = FPS) -> None:
         self.a = animator
+        self.fps = fps
         self.hop = 0
         self.t = 0.0
         self.next_frame = 0.0
@@ -58,7 +59,7 @@ class Driver:
                 self.hop += 2
             while self.next_frame <= self.t + 1e-9:
                 out.append(self.a.sample(self.next_frame))
-                self.next_frame = round(self.next_frame + 1.0 / FPS, 10)
+                self.next_frame = round(self.next_frame + 1.0 / self.fps, 10)
         self.states += out
         return out
 
@@ -126,6 +127,27 @@ def test_mouth_attacks_fast_and_rests_within_150_ms_after_speech() -> None:
     d2.run(0.3, probs(aa=1.0))
     first_open = min(s.t for s in d2.states if s.jaw_open >= 0.9 * aa[0])
     assert first_open - onset <= 0.04 + 1.0 / FPS  # within one video frame of the 40 ms target
+
+
+def test_mouth_attack_is_faster_than_its_release() -> None:
+    """Opening: 90 % within 20 ms of the hops' arrival; closing takes longer (sampled every 2 ms)."""
+    aa = VISEME_TARGETS[VISEME_INDEX["aa"]]
+    d = Driver(Animator(seed=3), fps=500.0)
+    d.run(0.5, probs(), speaking=False)
+    onset = d.t
+    d.run(0.5, probs(aa=1.0))
+    opened = min(s.t for s in d.states if s.t >= onset and s.jaw_open >= 0.9 * aa[0]) - onset
+    stop = d.t
+    d.run(0.5, probs(O=0.0), speaking=False)
+    closed = min(s.t for s in d.states if s.t >= stop and s.jaw_open <= 0.1 * aa[0]) - stop
+    assert opened <= 0.02, opened
+    assert closed > opened + 0.01, (opened, closed)
+    # the same with equal half-lives: the attack is what made it fast
+    d2 = Driver(Animator(AnimationConfig(mouth_attack_half_life_s=0.015), seed=3), fps=500.0)
+    d2.run(0.5, probs(), speaking=False)
+    d2.run(0.5, probs(aa=1.0))
+    slow = min(s.t for s in d2.states if s.t >= onset and s.jaw_open >= 0.9 * aa[0]) - onset
+    assert slow > opened, (slow, opened)
 
 
 def test_silence_visemes_rest_the_mouth_during_vad_hangover() -> None:

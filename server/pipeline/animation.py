@@ -18,8 +18,10 @@ state. The same seed and the same sequence of ``push``/``push_prosody``/``set_em
 calls give bit-identical states; ``reset()`` starts the same sequence again.
 
 Mouth. Each hop's probabilities are sharpened (``p ** viseme_sharpness``, renormalised) and
-blended over :data:`VISEME_TARGETS`; the blend is smoothed by critically damped springs
-(``mouth_half_life_s``). A bilabial (PP) probability above ``pp_threshold`` latches a closure
+blended over :data:`VISEME_TARGETS`; the blend is smoothed by critically damped springs that
+attack faster than they release: while the target opens the jaw wider than it is now they run
+at ``mouth_attack_half_life_s``, otherwise at ``mouth_half_life_s`` (so a syllable shows on the
+first video frame after the model's decision, and the mouth does not chatter shut between them). A bilabial (PP) probability above ``pp_threshold`` latches a closure
 for at least ``closure_hold_s`` with its own faster spring, so brief /p b m/ closures still show
 closed lips on at least one 30 fps frame. When the VAD says not speaking, the target is rest.
 
@@ -155,7 +157,8 @@ def _validate(name: str, value: Any, lo: float, hi: float) -> None:
 class AnimationConfig:
     """Animator settings (``[animation]`` in the config). Units in each comment."""
 
-    mouth_half_life_s: float = 0.015  # s, mouth spring half-life (90 % of a step in ~35 ms)
+    mouth_half_life_s: float = 0.015  # s, mouth spring half-life while closing or shaping (90 % of a step in ~35 ms)
+    mouth_attack_half_life_s: float = 0.007  # s, mouth spring half-life while opening wider (90 % in ~16 ms)
     closure_half_life_s: float = 0.006  # s, PP lip-closure spring half-life
     closure_hold_s: float = 0.05  # s, a detected PP closure is shown at least this long
     pp_threshold: float = 0.3  # PP probability that latches a lip closure, 0..1
@@ -184,6 +187,7 @@ class AnimationConfig:
 
     def __post_init__(self) -> None:
         _validate("mouth_half_life_s", self.mouth_half_life_s, 0.001, 0.5)
+        _validate("mouth_attack_half_life_s", self.mouth_attack_half_life_s, 0.001, 0.5)
         _validate("closure_half_life_s", self.closure_half_life_s, 0.001, 0.2)
         _validate("closure_hold_s", self.closure_hold_s, 0.0, 0.5)
         _validate("pp_threshold", self.pp_threshold, 0.0, 1.0)
@@ -225,32 +229,48 @@ class AnimationConfig:
 
 
 class _Springs:
-    """A vector of independent critically damped springs with exact (closed-form) steps."""
+    """A vector of independent critically damped springs with exact (closed-form) steps.
 
-    def __init__(self, half_lives: NDArray[np.float64], x0: NDArray[np.float64]) -> None:
+    ``attack_half_lives`` (optional): a second set of half-lives, used for a step when the caller
+    says the motion is an attack (the springs' position and velocity carry over between sets)."""
+
+    def __init__(self, half_lives: NDArray[np.float64], x0: NDArray[np.float64],
+                 attack_half_lives: NDArray[np.float64] | None = None) -> None:
         self.omega = _HALF_LIFE_TO_OMEGA / half_lives
+        self.attack_omega = self.omega if attack_half_lives is None else _HALF_LIFE_TO_OMEGA / attack_half_lives
         self.x = x0.astype(np.float64).copy()
         self.v = np.zeros_like(self.x)
-        self._tick = self._coeffs(TICK_S)
+        self._tick = self._coeffs(TICK_S, self.omega)
+        self._attack_tick = self._coeffs(TICK_S, self.attack_omega)
 
-    def _coeffs(self, dt: float) -> tuple[NDArray[np.float64], ...]:
-        w = self.omega
+    @staticmethod
+    def _coeffs(dt: float, w: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
         e = np.exp(-w * dt)
         return (1.0 + w * dt) * e, dt * e, -w * w * dt * e, (1.0 - w * dt) * e
 
-    def step(self, target: NDArray[np.float64]) -> None:
+    def step(self, target: NDArray[np.float64], attack: bool = False) -> None:
         """Advance one TICK_S towards ``target`` (held constant over the step)."""
-        a, b, c, d = self._tick
+        a, b, c, d = self._attack_tick if attack else self._tick
         y = self.x - target
         self.x = target + a * y + b * self.v
         self.v = c * y + d * self.v
 
-    def peek(self, target: NDArray[np.float64], dt: float) -> NDArray[np.float64]:
+    def peek(self, target: NDArray[np.float64], dt: float, attack: bool = False) -> NDArray[np.float64]:
         """Position ``dt`` (s) ahead without committing (0 <= dt < TICK_S)."""
         if dt <= 0.0:
             return self.x
-        a, b, _, _ = self._coeffs(dt)
+        a, b, _, _ = self._coeffs(dt, self.attack_omega if attack else self.omega)
         return target + a * (self.x - target) + b * self.v
+
+
+def _jaw(mouth: NDArray[np.float64]) -> float:
+    """Jaw opening (0..1) of a mouth spring vector (15 viseme weights + lip closure)."""
+    vis = np.maximum(mouth[:N_VISEMES], 0.0)
+    s = float(vis.sum())
+    if s <= 1e-9:
+        return 0.0
+    closure = min(1.0, max(0.0, float(mouth[-1])))
+    return float(vis @ VISEME_TARGETS[:, 0]) / s * (1.0 - closure)
 
 
 def _smoothstep(u: float) -> float:
@@ -312,9 +332,12 @@ class Animator:
         # Mouth: 15 viseme weights + lip closure.
         hl = np.full(N_VISEMES + 1, cfg.mouth_half_life_s)
         hl[-1] = cfg.closure_half_life_s
+        attack = np.full(N_VISEMES + 1, cfg.mouth_attack_half_life_s)
+        attack[-1] = cfg.closure_half_life_s  # the lip closure has its own spring either way
         rest = np.zeros(N_VISEMES + 1)
         rest[VISEME_INDEX["sil"]] = 1.0
-        self._mouth = _Springs(hl, rest)
+        self._mouth = _Springs(hl, rest, attack)
+        self._mouth_attack = False  # this tick's mouth motion opens the jaw wider
         self._mouth_target = rest.copy()
         self._closure_until = -math.inf
         # Expression springs.
@@ -529,7 +552,8 @@ class Animator:
                 mt[VISEME_INDEX["sil"]] = 1.0
             self._mouth_target = mt
         self._mouth_target[-1] = 1.0 if tau < self._closure_until else 0.0
-        self._mouth.step(self._mouth_target)
+        self._mouth_attack = _jaw(self._mouth_target) > _jaw(self._mouth.x) + 1e-3
+        self._mouth.step(self._mouth_target, self._mouth_attack)
         # Expression, eyes, breath.
         listening = self._silence_s >= cfg.listen_after_s
         if self.auto and tau >= self._auto_next:
@@ -810,7 +834,7 @@ class Animator:
     def _state(self, t: float) -> AnimationState:
         assert self._tick_t is not None
         dt = t - self._tick_t
-        m = self._mouth.peek(self._mouth_target, dt)
+        m = self._mouth.peek(self._mouth_target, dt, self._mouth_attack)
         e = self._expr.peek(self._expr_target, dt)
         vis = np.maximum(m[:N_VISEMES], 0.0)
         closure = min(1.0, max(0.0, float(m[-1])))
