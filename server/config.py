@@ -124,10 +124,12 @@ class AudioConfig:
     queue_frames: int = 25  # incoming 20 ms frames buffered before the oldest are dropped (500 ms)
     jitter: str = "adaptive"  # receive jitter buffer: "adaptive" (server/media/jitter.py) or "aiortc" (fixed 80 ms)
     jitter_max_ms: float = 100.0  # ms, ceiling on the adaptive buffer's target delay
+    mic_ptime_ms: int = 10  # ms, Opus packet duration asked of the browser (a=ptime in the answer)
 
     def __post_init__(self) -> None:
         _check(2 <= self.queue_frames <= 500, "audio.queue_frames", self.queue_frames, "in 2..500")
         _check(self.jitter in ("adaptive", "aiortc"), "audio.jitter", self.jitter, '"adaptive" or "aiortc"')
+        _check(self.mic_ptime_ms in (10, 20, 40, 60), "audio.mic_ptime_ms", self.mic_ptime_ms, "one of 10, 20, 40, 60 ms")
         _check(isinstance(self.jitter_max_ms, int | float) and 0 <= self.jitter_max_ms <= 1000, "audio.jitter_max_ms", self.jitter_max_ms, "in 0..1000 ms")
 
 

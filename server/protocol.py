@@ -222,6 +222,30 @@ def avatar_error(name: str, e: Exception) -> ProtocolError:
 # ----------------------------------------------------------------------------- SDP
 
 
+def with_audio_ptime(sdp: str, ptime_ms: int) -> str:
+    """``sdp`` with ``a=ptime:<ptime_ms>`` in each audio media section (replacing any there).
+
+    In an answer it asks the browser to packetise its microphone in ``ptime_ms`` Opus packets
+    (JSEP, applying a remote description: "configure the available media formats to use the
+    specified packet size"); 10 ms halves the packetisation delay of the default 20 ms.
+    """
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = [ln for ln in sdp.split(eol) if ln]
+    out: list[str] = []
+    audio = False
+    for ln in lines:
+        if ln.startswith("m="):
+            if audio:
+                out.append(f"a=ptime:{ptime_ms}")
+            audio = ln.startswith("m=audio")
+        elif audio and ln.startswith("a=ptime:"):
+            continue
+        out.append(ln)
+    if audio:
+        out.append(f"a=ptime:{ptime_ms}")
+    return eol.join(out) + eol
+
+
 def check_offer_sdp(sdp: str) -> list[str]:
     """Refuse an offer aiortc cannot apply, naming the problem; returns the media kinds.
 

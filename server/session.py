@@ -36,7 +36,7 @@ from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
 from server.pipeline.types import VisemeFrame
-from server.protocol import avatar_error, check_offer_sdp, excerpt
+from server.protocol import avatar_error, check_offer_sdp, excerpt, with_audio_ptime
 from server.render.base import Renderer
 from server.render.disclosure import with_disclosure
 from server.stage import Stage
@@ -169,7 +169,7 @@ class Session:
         self.spawn(self._process_audio(), "process-audio")
         self.spawn(self._stats_loop(), "stats")
         self.spawn(self._connect_deadline(), "connect-deadline")
-        return str(self.pc.localDescription.sdp)
+        return with_audio_ptime(str(self.pc.localDescription.sdp), self.cfg.audio.mic_ptime_ms)
 
     async def _connect_deadline(self) -> None:
         """End a call whose peer connection never connects (it would hold a session slot)."""

@@ -218,6 +218,9 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         assert stats["latencyP50"] is not None, stats
         assert (await page.inner_text("#stat-fps")).strip() != "—"
         assert get_json(server.url + "/healthz")["sessions"] == 1
+        # the answer's a=ptime:10 ([audio] mic_ptime_ms): Chromium sends 10 ms Opus packets
+        jit = get_json(server.url + "/stats")["sessions"][0]["jitter"]
+        assert jit["packet_ms"] == 10.0, jit
 
         # switch the microphone live (replaceTrack): the new input is sent and heard
         options = await page.eval_on_selector_all("#mic-select option", "os => os.map(o => [o.value, o.text])")

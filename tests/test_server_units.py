@@ -136,3 +136,16 @@ def test_state_change_estimate_decides_frame_reuse() -> None:
     v = a.visemes.copy()
     v[0], v[10] = 0.5, 0.5
     assert state_change_px(a, dataclasses.replace(a, visemes=v), 512) > REUSE_BELOW_PX
+
+
+def test_answer_asks_for_the_configured_audio_ptime() -> None:
+    from server.protocol import with_audio_ptime
+
+    sdp = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+           "a=rtpmap:111 opus/48000/2\r\na=ptime:20\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n"
+           "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\n")
+    out = with_audio_ptime(sdp, 10)
+    sections = out.split("m=")[1:]
+    assert [("a=ptime:10" in m, "a=ptime:20" in m) for m in sections] == [(True, False), (False, False), (True, False)]
+    assert out.endswith("a=ptime:10\r\n") and "\r\n\r\n" not in out and out.count("\n") == out.count("\r\n")
+    assert with_audio_ptime(out, 10) == out  # idempotent

@@ -309,6 +309,7 @@ class AdaptiveJitterBuffer:
             "target_ms": round(self.target_ms(now), 1),
             "target_max_ms": round(self.target_max_ms, 1),
             "jitter_ms": round(self.jitter_s * 1000.0, 2),
+            "packet_ms": round(self._frame_ticks / 48.0, 1),  # the sender's Opus packet duration, as measured
             "held": len(self._held),
             "received": self.received,
             "released": self.released,
