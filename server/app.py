@@ -23,6 +23,7 @@ from server.avatars import OPERATOR, AvatarInfo, AvatarRegistry
 from server.clock import Clock, MonotonicClock
 from server.config import ROOT, AppConfig
 from server.errors import AvatarError, AvatarNotFound, ProtocolError
+from server.heap import HeapTrimmer
 from server.limits import Limits, RateLimitedLog, dir_size
 from server.metrics import Metrics
 from server.pipeline.runner import SharedModels, load_models
@@ -43,14 +44,17 @@ from server.workers import RemoteSession, WorkerPool
 
 
 class LocalSession:
-    """A session running in this process (``server.workers = 0``)."""
+    """A session running in this process (``server.workers = 0``); ``trimmer`` gives its memory
+    back once it has ended (:mod:`server.heap`)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, trimmer: HeapTrimmer | None = None) -> None:
         self.session = session
         self.sid = session.sid
         self.on_closed: Callable[[Any], Awaitable[None]] | None = None
 
         async def closed(s: Session) -> None:
+            if trimmer is not None:
+                trimmer.soon()
             if self.on_closed is not None:
                 await self.on_closed(self)
 
@@ -77,6 +81,7 @@ CONFIG = web.AppKey("config", AppConfig)
 MODELS = web.AppKey("models", SharedModels)
 REGISTRY = web.AppKey("registry", AvatarRegistry)
 POOL = web.AppKey("pool", WorkerPool)
+TRIMMER = web.AppKey("trimmer", HeapTrimmer)  # in-process sessions only (workers trim their own heap)
 SESSIONS = web.AppKey("sessions", dict[str, SessionHandle])
 CLOCK = web.AppKey("clock", Clock)
 COUNTER = web.AppKey("counter", Iterator[int])
@@ -115,11 +120,14 @@ def build_app(cfg: AppConfig, *, clock: Clock | None = None, models: SharedModel
             loaded: SharedModels = given if given is not None else await asyncio.get_running_loop().run_in_executor(None, load_models, cfg)
             app[MODELS] = loaded
             app[REGISTRY] = loaded.registry
+            app[TRIMMER] = HeapTrimmer()
         yield
         sessions = list(app[SESSIONS].values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         if pool is not None:
             await pool.close()
+        if TRIMMER in app:
+            await app[TRIMMER].close()
 
     app.cleanup_ctx.append(resources)
     app.router.add_get("/", index)
@@ -348,7 +356,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if pool is not None:
                 h: SessionHandle = await pool.open(sid, cfg.seed + n, send, stage_id)
             else:
-                h = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send, stage_id))
+                h = LocalSession(Session(sid, cfg, app[MODELS], app[CLOCK], cfg.seed + n, send, stage_id), app.get(TRIMMER))
         except BaseException:
             held.remove("session")
             limits.give("session", client)

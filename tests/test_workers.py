@@ -74,6 +74,11 @@ async def test_in_process_sessions(netns: str, speech_wav: Path, tmp_path: Path,
         assert await wait_sessions(srv.url, 0) == 0
         totals = (await get_json(srv.url, "/stats"))["totals"]
         assert totals["workers"] == 0 and totals["pcs"] == 0 and totals["tasks"] == 0
+
+        async def memory_released() -> bool:  # the finished session's cycles and heap (server/heap.py)
+            return "memory of finished sessions released" in srv.log_tail(200)
+
+        await _wait_for(memory_released, tries=50)
     finally:
         code = srv.stop()
     assert code in (0, -2, None), srv.log_tail()
