@@ -172,6 +172,7 @@ class VideoConfig:
     avatar: str = "auto"  # avatar name (see `avatar avatars`); auto = the default character
     vp8_cpu_used: int = -12  # libvpx cpu-used, -16..16: larger magnitude = faster encode, lower quality
     max_bitrate_kbps: int = 500  # kbit/s, ceiling on the VP8 target bitrate the receiver's REMB asks for
+    playout_delay_ms: int = 0  # ms, playout delay asked of the speaker's browser for its return video; -1 = not asked
     adapt: bool = True  # keep the frame rate under CPU overload by rendering at adapt_scale (server/media/adapt.py)
     adapt_scale: float = 0.75  # fraction of width and height rendered while overloaded
     disclosure: str = "photo"  # "AI avatar" badge drawn into the video: "photo" (photo avatars), "always", "off"
@@ -181,6 +182,8 @@ class VideoConfig:
         _check(self.disclosure in ("photo", "always", "off"), "video.disclosure", self.disclosure, 'one of "photo", "always", "off"')
         _check(0.25 <= self.adapt_scale <= 1.0, "video.adapt_scale", self.adapt_scale, "in 0.25..1 (fraction of width and height)")
         _check(-16 <= self.vp8_cpu_used <= 16, "video.vp8_cpu_used", self.vp8_cpu_used, "in -16..16")
+        _check(isinstance(self.playout_delay_ms, int) and -1 <= self.playout_delay_ms <= 40_950, "video.playout_delay_ms",
+               self.playout_delay_ms, "an integer in -1..40950 ms")
         _check(50 <= self.max_bitrate_kbps <= 10_000, "video.max_bitrate_kbps", self.max_bitrate_kbps, "in 50..10000 kbit/s")
         _check(64 <= self.width <= 1920 and self.width % 2 == 0, "video.width", self.width, "even, 64..1920")
         _check(64 <= self.height <= 1920 and self.height % 2 == 0, "video.height", self.height, "even, 64..1920")

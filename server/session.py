@@ -31,7 +31,7 @@ from server import turn
 from server.clock import Clock
 from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
-from server.media import jitter, vp8
+from server.media import jitter, playout, vp8
 from server.media.adapt import FrameRateGuard, scaled_size
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
@@ -169,7 +169,13 @@ class Session:
         self.spawn(self._process_audio(), "process-audio")
         self.spawn(self._stats_loop(), "stats")
         self.spawn(self._connect_deadline(), "connect-deadline")
-        return with_audio_ptime(str(self.pc.localDescription.sdp), self.cfg.audio.mic_ptime_ms)
+        answer = with_audio_ptime(str(self.pc.localDescription.sdp), self.cfg.audio.mic_ptime_ms)
+        ext_id = playout.offered_id(sdp) if self.cfg.video.playout_delay_ms >= 0 else None
+        if ext_id is not None:  # the browser shows each frame once decoded (server/media/playout.py)
+            sender = next(s for s in self.pc.getSenders() if s.track is self.video)
+            playout.install(sender, ext_id, self.cfg.video.playout_delay_ms)
+            answer = playout.answer_with_extension(answer, ext_id)
+        return answer
 
     async def _connect_deadline(self) -> None:
         """End a call whose peer connection never connects (it would hold a session slot)."""

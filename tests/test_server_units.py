@@ -149,3 +149,33 @@ def test_answer_asks_for_the_configured_audio_ptime() -> None:
     assert [("a=ptime:10" in m, "a=ptime:20" in m) for m in sections] == [(True, False), (False, False), (True, False)]
     assert out.endswith("a=ptime:10\r\n") and "\r\n\r\n" not in out and out.count("\n") == out.count("\r\n")
     assert with_audio_ptime(out, 10) == out  # idempotent
+
+
+def test_playout_delay_extension_negotiated_and_written() -> None:
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unpack_header_extensions
+
+    from server.media import playout
+
+    offer = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=extmap:5 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n"
+             "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+             "a=extmap:6/recvonly http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n")
+    assert playout.offered_id(offer) == 6  # the video section's id, not the audio one's
+    assert playout.offered_id(offer.replace("playout-delay", "other")) is None
+    answer = playout.answer_with_extension("v=0\r\nm=audio 9 X 111\r\na=mid:0\r\nm=video 9 X 96\r\na=mid:1\r\nm=application 9 X\r\n", 6)
+    video = answer.split("m=")[2]
+    assert video.endswith(f"a=extmap:6 {playout.PLAYOUT_DELAY_URI}\r\n") and answer.count("playout-delay") == 1
+    assert playout.value(0, 0) == b"\x00\x00\x00" and playout.value(100, 400) == bytes([0x00, 0xA0, 0x28])
+    with pytest.raises(ValueError, match="50, 10"):
+        playout.value(50, 10)
+
+    class FakeSender:  # a fake of aiortc's RTCRtpSender: just its per-sender header-extension map
+        def __init__(self) -> None:
+            self._RTCRtpSender__rtp_header_extensions_map = HeaderExtensionsMap()
+
+    sender = FakeSender()
+    playout.install(sender, 6, 0)
+    data = RtpPacket(payload_type=96, sequence_number=1, timestamp=0, ssrc=1, payload=b"x").serialize(
+        sender._RTCRtpSender__rtp_header_extensions_map)
+    assert data[0] & 0x10  # the header-extension bit
+    profile, length = int.from_bytes(data[12:14], "big"), int.from_bytes(data[14:16], "big")
+    assert (6, b"\x00\x00\x00") in unpack_header_extensions(profile, data[16:16 + 4 * length])
