@@ -152,6 +152,11 @@ def check_mouth_follows_speech(opens: NDArray[np.float64], speaking: NDArray[np.
         assert opens[speaking].mean() > opens[~speaking].mean() + 0.05, np.round(opens, 3).tolist()
 
 
+VIDEO_JITTER_JS = """async () => { const r = await window.avatarClient.pc.getStats(); let v = [0, 0];
+  r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') v = [s.jitterBufferDelay, s.jitterBufferEmittedCount]; });
+  return v; }"""  # (total s, frames) the video jitter buffer held
+
+
 async def body_state(page: Any) -> str:
     """``document.body.dataset.state``."""
     return str(await page.evaluate("document.body.dataset.state"))
@@ -221,6 +226,14 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         # the answer's a=ptime:10 ([audio] mic_ptime_ms): Chromium sends 10 ms Opus packets
         jit = get_json(server.url + "/stats")["sessions"][0]["jitter"]
         assert jit["packet_ms"] == 10.0, jit
+        # the answer's playout-delay extension ([video] playout_delay_ms = 0): Chromium shows each
+        # frame once decoded instead of holding it in its video jitter buffer (~40-70 ms without)
+        assert "rtp-hdrext/playout-delay" in await page.evaluate("window.avatarClient.pc.remoteDescription.sdp")
+        jb = await page.evaluate(VIDEO_JITTER_JS)
+        await asyncio.sleep(3.0)
+        jb2 = await page.evaluate(VIDEO_JITTER_JS)
+        per_frame_ms = 1e3 * (jb2[0] - jb[0]) / max(1, jb2[1] - jb[1])
+        assert jb2[1] - jb[1] > 20 and per_frame_ms < 20.0, (jb, jb2, per_frame_ms)
 
         # switch the microphone live (replaceTrack): the new input is sent and heard
         options = await page.eval_on_selector_all("#mic-select option", "os => os.map(o => [o.value, o.text])")
