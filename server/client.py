@@ -50,6 +50,7 @@ from aiortc.sdp import candidate_from_sdp
 from numpy.typing import NDArray
 
 from server.errors import AvatarError
+from server.media.video_in import MarkerJitterBuffer, install_video
 
 log = logging.getLogger(__name__)
 
@@ -650,6 +651,7 @@ class AvatarClient:
         self._t_offer: float | None = None
         self._ping_sent: dict[int, float] = {}
         self._viseme_names: list[str] = []
+        self.video_buffer: MarkerJitterBuffer | None = None  # the video receiver's buffer (make_pc)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -721,7 +723,8 @@ class AvatarClient:
         pc = RTCPeerConnection(rtc_configuration([*self._ice_servers, *self._welcome_ice], self._ice_policy))
         self.pc = pc
         pc.addTransceiver(self.mic, direction="sendonly")
-        pc.addTransceiver("video", direction="recvonly")
+        video = pc.addTransceiver("video", direction="recvonly")
+        self.video_buffer = install_video(video.receiver)  # each frame at its last packet, not one frame later
         self.channel = pc.createDataChannel("visemes")
         self.channel.on("message", self._on_dc_message)
 
