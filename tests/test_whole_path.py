@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from server.client import AvatarClient, load_audio
-from server.media.timing import NTP_EPOCH_OFFSET, SEGMENTS, SenderReports, WholePath, ntp_to_unix, rtp_delta
+from server.media.timing import (
+    NTP_EPOCH_OFFSET,
+    SEGMENTS,
+    SenderReports,
+    WholePath,
+    ntp_to_unix,
+    rtp_delta,
+)
 from tests.server_proc import ServerProcess, get_json, model_args
 
 
