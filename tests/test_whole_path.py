@@ -183,3 +183,19 @@ async def test_whole_path_over_a_real_call(server: ServerProcess, speech_wav: Pa
     assert st.server_whole_path_ms_p50 is not None, summary
     assert abs(st.whole_path_ms_p50 - st.server_whole_path_ms_p50) < 35, summary
     assert st.clock_offset_ms is not None and abs(st.clock_offset_ms) < 20, summary  # one machine, one clock
+
+
+async def test_frames_reported_before_the_first_sender_report_count_once_it_comes() -> None:
+    receiver, sender = FakeReceiver(0), FakeSender()
+    path = WholePath(receiver, sender, None)
+    path.audio(arrival=1.0, pts=960)
+    path.frame_out([1.0])
+    sent = time.time()
+    sender.sent(rtp=7, unix_s=sent)
+    path.frame_out([])
+    assert path.report([[7, sent * 1000 + 10, sent * 1000 + 20]], 0.0) == 0  # no report from the sender yet
+    assert path.whole.count == 0
+    path.mic_sr.add(sent - 0.05, 960)  # its first report: rtp 960 was captured 50 ms before the send
+    assert path.report([], None) == 1
+    st = path.stats()
+    assert st["whole_path_ms"]["p50"] == pytest.approx(70, abs=0.5) and path.unmatched == 0

@@ -174,6 +174,7 @@ class WholePath:
         self.segments = {name: RollingStats() for name in SEGMENTS}
         self.clock_offset_ms: float | None = None  # the client's estimate of server − client clock
         self.unmatched = 0  # reported frames the server no longer (or never) knew
+        self._early: list[list[float | None]] = []  # reported before the first sender report
 
     def audio(self, arrival: float, pts: int | None) -> None:
         """A decoded microphone frame with ``pts`` reached the session at ``arrival`` (its clock, s)."""
@@ -236,9 +237,13 @@ class WholePath:
             self.clock_offset_ms = clock_offset_ms
         off = self.clock_offset_ms or 0.0
         matched = 0
-        for row in frames:
+        rows, self._early = [*self._early, *frames], []
+        for row in rows:
             rtp, receive, present = row
             frame = self._frames.get(int(rtp)) if rtp is not None else None
+            if frame is not None and present is not None and not self.mic_sr.pairs:
+                self._early.append(row)  # before the sender's first report: try again with the next
+                continue
             capture = self.capture_ms(frame) if frame is not None else None
             if frame is None or present is None or capture is None or frame.sent_ms is None:
                 self.unmatched += 1
@@ -258,6 +263,8 @@ class WholePath:
                 self.segments[name].add(value)
             matched += 1
             del self._frames[int(frame.rtp or 0)]  # a frame counts once
+        if len(self._early) > KEEP_FRAMES:
+            del self._early[: len(self._early) - KEEP_FRAMES]
         return matched
 
     def stats(self) -> dict[str, Any]:
