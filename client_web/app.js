@@ -9,6 +9,16 @@ const WELCOME_TIMEOUT_MS = 5000;
 const ANSWER_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 2000;
 const STATS_INTERVAL_MS = 1000;
+const FRAME_TIMES_MAX = 300; // video frames reported per `frame_times` control (the server's limit)
+// the whole path's segments as the server names them, and how the page labels them
+const PATH_SEGMENTS = [
+  ["uplink", "up", "capture → the server receiving the audio packet (encoder, network)"],
+  ["jitter_decode", "jitter", "packet → decoded audio (server jitter buffer, Opus decode)"],
+  ["server", "server", "decoded audio → the video frame leaving the server's renderer"],
+  ["encode_send", "encode", "frame → its last packet sent (VP8 encode)"],
+  ["downlink", "down", "packet sent → this page receiving the frame (network)"],
+  ["client", "page", "frame received → presented here (jitter buffer, decode, display)"],
+];
 const EMOTION_BLEND_S = 0.4;
 
 const $ = (id) => document.getElementById(id);
@@ -26,6 +36,7 @@ const ui = {
   meter: $("mic-meter"), meterFill: $("meter-fill"),
   visemeBars: $("viseme-bars"), visemeLabel: $("viseme-label"), vadDot: $("vad-dot"), vadText: $("vad-text"),
   badgeFps: $("badge-fps"), statFps: $("stat-fps"), statRtt: $("stat-rtt"), statLat: $("stat-lat"),
+  statPath: $("stat-path"), statPathParts: $("stat-path-parts"),
   statFirst: $("stat-first"), statScale: $("stat-scale"),
   photoForm: $("photo-form"), photoFile: $("photo-file"), photoName: $("photo-name"),
   photoConsentBy: $("photo-consent-by"), photoConsent: $("photo-consent"), photoMsg: $("photo-msg"),
@@ -46,6 +57,11 @@ const client = {
     serverFps: null,
     latencyP50: null,     // server-side audio -> frame latency (ms)
     latencyP95: null,
+    wholePathP50: null,   // whole path: microphone capture -> this page presenting the frame (ms)
+    wholePathP95: null,
+    wholePathSegments: null, // {segment: {p50, p95, n}} (PATH_SEGMENTS)
+    clockOffsetMs: null,  // server wallclock - this page's, from the ping with the shortest round trip
+    framesReported: 0,    // video frames whose receive/presentation times went back to the server
     visemeMessages: 0,
     viseme: "sil",
     speaking: false,
@@ -427,12 +443,17 @@ function onEvent(c, name, data) {
       if (typeof data.t === "number") {
         client.stats.rttMs = performance.now() - data.t;
         ui.statRtt.textContent = client.stats.rttMs.toFixed(0);
+        if (typeof data.wall_ms === "number" && (c.bestRttMs == null || client.stats.rttMs < c.bestRttMs)) {
+          c.bestRttMs = client.stats.rttMs;
+          client.stats.clockOffsetMs = data.wall_ms - (performance.timeOrigin + data.t + client.stats.rttMs / 2);
+        }
       }
       break;
     }
     case "stats": {
       if (typeof data.fps === "number") client.stats.serverFps = data.fps;
       if (data.latency_ms) setLatency(data.latency_ms);
+      if (data.whole_path_ms) setWholePath(data.whole_path_ms, data.whole_path_segments_ms);
       // < 1 while the server is overloaded and renders smaller to keep the frame rate
       if (typeof data.scale === "number") ui.statScale.hidden = data.scale >= 1;
       if (typeof data.viewers === "number") {
@@ -511,6 +532,27 @@ function setLatency(lat) {
   }
 }
 
+function setWholePath(whole, segments) {
+  if (typeof whole.p50 !== "number") return;
+  client.stats.wholePathP50 = whole.p50;
+  client.stats.wholePathP95 = typeof whole.p95 === "number" ? whole.p95 : null;
+  client.stats.wholePathSegments = segments ?? null;
+  ui.statPath.textContent = `${whole.p50.toFixed(0)} / ${whole.p95 != null ? whole.p95.toFixed(0) : "—"}`;
+  const parts = PATH_SEGMENTS.filter(([k]) => typeof segments?.[k]?.p50 === "number");
+  ui.statPathParts.textContent = parts.map(([k, short]) => `${short} ${segments[k].p50.toFixed(0)}`).join(" · ");
+  ui.statPathParts.title = `Median ms per segment:\n${parts.map(([k, , what]) => `${what}: ${segments[k].p50.toFixed(1)}`).join("\n")}`;
+}
+
+/** Tell the server when the avatar's frames arrived and were shown (it knows when their audio was captured). */
+function reportFrames(c) {
+  if (c !== call || c.closed || !c.frameRows.length) return;
+  const rows = c.frameRows.splice(0, c.frameRows.length);
+  for (let i = 0; i < rows.length; i += FRAME_TIMES_MAX) {
+    sendWs(c, { type: "control", action: "frame_times", frames: rows.slice(i, i + FRAME_TIMES_MAX), clock_offset_ms: client.stats.clockOffsetMs });
+  }
+  client.stats.framesReported += rows.length;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Visemes data channel
 
@@ -585,10 +627,16 @@ function watchFirstFrame(c) {
     clearMessage();
   };
   if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
-    const cb = (now) => {
+    const cb = (now, meta) => {
       if (c !== call || c.closed) return;
       onFirst();
       c.frameTimes.push(now);
+      if (typeof meta?.rtpTimestamp === "number" && c.frameRows.length < 10 * FRAME_TIMES_MAX) {
+        // wallclock ms (performance.timeOrigin + ...): the server's `frame_times` are on wallclocks too
+        const shown = meta.presentationTime ?? meta.expectedDisplayTime ?? now;
+        const received = typeof meta.receiveTime === "number" ? performance.timeOrigin + meta.receiveTime : null;
+        c.frameRows.push([meta.rtpTimestamp, received, performance.timeOrigin + shown]);
+      }
       c.vfcHandle = v.requestVideoFrameCallback(cb);
     };
     c.vfcHandle = v.requestVideoFrameCallback(cb);
@@ -677,7 +725,7 @@ async function start() {
   clearMessage();
   const c = {
     closed: false, ws: null, pc: null, stream: null, audioSender: null, audioCtx: null,
-    waiters: {}, timers: [], frameTimes: [], visemeNames: VISEME_NAMES.slice(), emotionDirty: false,
+    waiters: {}, timers: [], frameTimes: [], frameRows: [], bestRttMs: null, visemeNames: VISEME_NAMES.slice(), emotionDirty: false,
     meterRaf: 0, meterSrc: null, visemeRaf: 0, visemePending: null, vfcHandle: 0,
   };
   call = c;
@@ -689,9 +737,11 @@ async function start() {
   const mark = (name) => { if (c === call) client.timings[name] = Math.round(performance.now() - client.startedAt); };
   Object.assign(client.stats, {
     fps: null, framesDecoded: 0, rttMs: null, iceRttMs: null, serverFps: null, latencyP50: null,
-    latencyP95: null, visemeMessages: 0, viseme: "sil", speaking: false, session: null, firstFrameMs: null,
+    latencyP95: null, wholePathP50: null, wholePathP95: null, wholePathSegments: null, clockOffsetMs: null, framesReported: 0,
+    visemeMessages: 0, viseme: "sil", speaking: false, session: null, firstFrameMs: null,
   });
-  for (const el of [ui.statFps, ui.statRtt, ui.statLat, ui.statFirst]) el.textContent = "—";
+  for (const el of [ui.statFps, ui.statRtt, ui.statLat, ui.statPath, ui.statFirst]) el.textContent = "—";
+  ui.statPathParts.textContent = "";
   ui.badgeFps.textContent = "— fps";
   setState("connecting");
 
@@ -812,6 +862,7 @@ async function start() {
   ping();
   c.timers.push(setInterval(ping, PING_INTERVAL_MS));
   c.timers.push(setInterval(() => pollStats(c), STATS_INTERVAL_MS));
+  c.timers.push(setInterval(() => reportFrames(c), STATS_INTERVAL_MS));
 }
 
 /** Close everything the call owns. Idempotent. */

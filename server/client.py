@@ -50,6 +50,7 @@ from aiortc.sdp import candidate_from_sdp
 from numpy.typing import NDArray
 
 from server.errors import AvatarError
+from server.media.timing import last_sent, wall_ms, wire_rtp
 from server.media.video_in import MarkerJitterBuffer, install_video
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ MIC_FRAME = 960  # samples, 20 ms at 48 kHz
 MIC_FRAME_S = MIC_FRAME / MIC_RATE  # 0.02 s
 DEFAULT_TAIL_S = 1.5  # s of silence sent after the WAV ends (lets the pipeline flush)
 MOUTH_ERROR = float("nan")
+MAX_SENT_KEPT = 30_000  # microphone frames whose send time is kept (10 min)
+REPORT_INTERVAL_S = 1.0  # s between the client's `frame_times` reports
 
 MouthFn = Callable[[NDArray[np.uint8]], float]
 
@@ -147,6 +150,15 @@ class ClientStats:
     gap_ms_max: float | None = None
     server_latency_ms_p50: float | None = None  # from the last `event stats`
     server_latency_ms_p95: float | None = None
+    # whole path: a microphone frame leaving this client -> the video frame reflecting it arriving here,
+    # matched through the server's `frame_times` events (this client's clock only)
+    whole_path_ms_p50: float | None = None
+    whole_path_ms_p95: float | None = None
+    whole_path_n: int = 0
+    server_whole_path_ms_p50: float | None = None  # the same as the server computed it (sender reports), last `stats`
+    server_whole_path_ms_p95: float | None = None
+    server_whole_path_segments_ms: dict[str, Any] = field(default_factory=dict)  # segment -> {p50, p95, n}
+    clock_offset_ms: float | None = None  # server wallclock − this client's, from the ping with the shortest round trip
     dc_latency_ms_p50: float | None = None  # median over data-channel messages of their p50
     dc_latency_ms_p95: float | None = None  # median over data-channel messages of their p95
     dc_messages: int = 0
@@ -159,6 +171,7 @@ class ClientStats:
     errors: list[dict[str, Any]] = field(default_factory=list)  # server error messages
     frames: list[FrameRecord] = field(default_factory=list)
     visemes: list[VisemeRecord] = field(default_factory=list)
+    whole_path: list[float] = field(default_factory=list)  # ms per matched frame
 
     def finalize(self) -> None:
         """Compute the summary fields from ``frames`` and ``visemes``."""
@@ -190,11 +203,22 @@ class ClientStats:
                 self.server_latency_ms_p50 = _num(lat.get("p50"))
                 self.server_latency_ms_p95 = _num(lat.get("p95"))
                 break
+        self.whole_path_n = len(self.whole_path)
+        self.whole_path_ms_p50 = _percentile(self.whole_path, 50)
+        self.whole_path_ms_p95 = _percentile(self.whole_path, 95)
+        for ev in reversed(self.server_stats_events):
+            whole = ev.get("whole_path_ms")
+            if isinstance(whole, dict) and _num(whole.get("p50")) is not None:
+                self.server_whole_path_ms_p50 = _num(whole.get("p50"))
+                self.server_whole_path_ms_p95 = _num(whole.get("p95"))
+                segments = ev.get("whole_path_segments_ms")
+                self.server_whole_path_segments_ms = dict(segments) if isinstance(segments, dict) else {}
+                break
 
     def summary(self) -> dict[str, Any]:
         """The scalar fields only (no per-frame lists)."""
         d = asdict(self)
-        for k in ("frames", "visemes", "server_stats_events", "events"):
+        for k in ("frames", "visemes", "server_stats_events", "events", "whole_path"):
             d.pop(k)
         return d
 
@@ -315,11 +339,16 @@ class MicTrack(MediaStreamTrack):
         self.t0: float | None = None
         self.started = asyncio.Event()
         self.frames_sent = 0
+        self.sender: Any = None  # the RTCRtpSender sending this track (set by the client): see ``sent_ms``
+        self.sent_ms: dict[int, float] = {}  # RTP timestamp on the wire -> wallclock ms its frame left this track
+        self._last_out_ms: float | None = None
+        self._last_count = 0
 
     async def recv(self) -> av.AudioFrame:
         """The next 20 ms frame, released on its pts's wall-clock time."""
         if self.readyState != "live":
             raise MediaStreamError
+        self._note_sent()
         if self.t0 is None:
             self.t0 = time.monotonic()
         else:
@@ -340,7 +369,19 @@ class MicTrack(MediaStreamTrack):
         self._pos += MIC_FRAME
         self.frames_sent += 1
         self.started.set()
+        self._last_out_ms = wall_ms()
         return frame
+
+    def _note_sent(self) -> None:
+        """The sender asks for the next frame once it has sent the last one: key that frame's
+        time by the RTP timestamp it went out with."""
+        sent = last_sent(self.sender) if self.sender is not None else None
+        if sent is None or sent[2] == self._last_count or self._last_out_ms is None:
+            return
+        self._last_count = sent[2]
+        self.sent_ms[sent[0]] = self._last_out_ms
+        if len(self.sent_ms) > MAX_SENT_KEPT:
+            del self.sent_ms[next(iter(self.sent_ms))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,6 +693,11 @@ class AvatarClient:
         self._ping_sent: dict[int, float] = {}
         self._viseme_names: list[str] = []
         self.video_buffer: MarkerJitterBuffer | None = None  # the video receiver's buffer (make_pc)
+        self._best_rtt_ms: float | None = None
+        self._video_receiver: Any = None
+        self._arrived: dict[int, float] = {}  # video RTP timestamp -> wallclock ms the frame arrived
+        self._server_frames: list[dict[str, Any]] = []  # the `frame_times` entries received
+        self._unreported: list[list[float | None]] = []  # [rtp, receive ms, present ms] not yet sent back
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -722,9 +768,9 @@ class AvatarClient:
         """The peer connection: mic (sendonly), video (recvonly), ``visemes`` data channel."""
         pc = RTCPeerConnection(rtc_configuration([*self._ice_servers, *self._welcome_ice], self._ice_policy))
         self.pc = pc
-        pc.addTransceiver(self.mic, direction="sendonly")
-        video = pc.addTransceiver("video", direction="recvonly")
-        self.video_buffer = install_video(video.receiver)  # each frame at its last packet, not one frame later
+        self.mic.sender = pc.addTransceiver(self.mic, direction="sendonly").sender
+        self._video_receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        self.video_buffer = install_video(self._video_receiver)  # each frame at its last packet, not one frame later
         self.channel = pc.createDataChannel("visemes")
         self.channel.on("message", self._on_dc_message)
 
@@ -796,12 +842,26 @@ class AvatarClient:
         assert self.mic.t0 is not None and self._t_offer is not None
         self.stats.connect_s = self.mic.t0 - self._t_offer
         await self.ping()
+        self._spawn(self._report_frames(), "client-frame-times")
+
+    async def _report_frames(self) -> None:
+        """Every second: ping (the clock offset) and tell the server when its frames arrived."""
+        assert self.sig is not None
+        while not self._bye_sent:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            rows, self._unreported = self._unreported, []
+            try:
+                for i in range(0, len(rows), 300):
+                    await self.sig.send("control", action="frame_times", frames=rows[i : i + 300], clock_offset_ms=self.stats.clock_offset_ms)
+                await self.ping()
+            except (ConnectionError, aiohttp.ClientError):
+                return  # the socket is closing: the reader reports why
 
     async def ping(self) -> None:
         """Send a ``control ping``; the pong's round trip lands in ``stats.ws_rtt_ms``."""
         assert self.sig is not None
         t = len(self._ping_sent) + 1
-        self._ping_sent[t] = time.monotonic()
+        self._ping_sent[t] = wall_ms()
         await self.sig.send("control", action="ping", t=t)
 
     # -- running ------------------------------------------------------------------------------
@@ -827,6 +887,11 @@ class AvatarClient:
                 continue
             rec = FrameRecord(t=now, width=frame.width, height=frame.height)  # rebased at close
             self.stats.frames.append(rec)
+            rtp = wire_rtp(self._video_receiver, frame.pts)
+            if rtp is not None:
+                arrived = wall_ms()
+                self._arrived[rtp] = arrived
+                self._unreported.append([rtp, arrived, arrived])  # aiortc presents nothing: arrival is both
             if self._worker is not None:
                 t0 = self.mic.t0
                 self._worker.video(frame, rec, None if t0 is None else now - t0)
@@ -891,11 +956,22 @@ class AvatarClient:
             self.stats.events.append(name)
             if name == "stats":
                 self.stats.server_stats_events.append(data)
+            elif name == "frame_times":
+                frames = data.get("frames")
+                if isinstance(frames, list):
+                    self._server_frames.extend(f for f in frames if isinstance(f, dict))
             elif name == "pong":
                 t = data.get("t", msg.get("t"))
                 sent = self._ping_sent.get(t) if isinstance(t, int) else None
-                if sent is not None and self.stats.ws_rtt_ms is None:
-                    self.stats.ws_rtt_ms = (time.monotonic() - sent) * 1000.0
+                if sent is not None:
+                    now = wall_ms()
+                    rtt = now - sent
+                    if self.stats.ws_rtt_ms is None:
+                        self.stats.ws_rtt_ms = rtt
+                    server = _num(data.get("wall_ms"))
+                    if server is not None and (self._best_rtt_ms is None or rtt < self._best_rtt_ms):
+                        self._best_rtt_ms = rtt
+                        self.stats.clock_offset_ms = server - (sent + now) / 2.0
             elif name == "session_closed" and not self._bye_sent:
                 self._fail(ClientError(f"server closed the session: {data}"))
         elif kind == "candidate":
@@ -910,6 +986,18 @@ class AvatarClient:
                 self._fail(ClientError("server said bye mid-call"))
         else:
             log.debug("ignoring server message %s", msg)
+
+    def whole_path_samples(self) -> list[float]:
+        """Per video frame the server said reflects one of our microphone frames: its arrival
+        here − when that microphone frame left our track, ms (this client's clock only)."""
+        out: list[float] = []
+        for f in self._server_frames:
+            rtp, mic = f.get("rtp"), f.get("mic_rtp")
+            arrived = self._arrived.get(rtp) if isinstance(rtp, int) else None
+            sent = self.mic.sent_ms.get(mic) if isinstance(mic, int) else None
+            if arrived is not None and sent is not None:
+                out.append(arrived - sent)
+        return out
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -943,6 +1031,7 @@ class AvatarClient:
         if self._worker is not None:
             await asyncio.to_thread(self._worker.close)
         self._rebase()
+        self.stats.whole_path = self.whole_path_samples()
         self.stats.finalize()
         ts, ms = self.stats.mouth_series()
         if ts.size >= 30:

@@ -41,6 +41,7 @@ class ServerConfig:
     max_sessions: int = 16  # concurrent sessions; more are refused with an error
     max_message_bytes: int = 262_144  # bytes, largest accepted signaling message
     stats_interval_s: float = 1.0  # s between `stats` events to each client
+    frame_times_interval_ms: float = 200.0  # ms between `frame_times` events (whole-path stamps); 0 = none
     ice_servers: tuple[IceServer, ...] = ()  # none: no public STUN server is contacted
     turn_secret: str = ""  # coturn static-auth-secret: per-call TURN credentials for turn_urls; "" = off
     turn_urls: tuple[str, ...] = ()  # TURN URLs the minted credentials are for ("turn:host:3478?transport=udp")
@@ -99,6 +100,8 @@ class ServerConfig:
         _check(self.max_sessions >= 1, "server.max_sessions", self.max_sessions, ">= 1")
         _check(1024 <= self.max_message_bytes <= 16 << 20, "server.max_message_bytes", self.max_message_bytes, "in 1 KiB..16 MiB")
         _check(0.1 <= self.stats_interval_s <= 60, "server.stats_interval_s", self.stats_interval_s, "in 0.1..60 s")
+        _check(self.frame_times_interval_ms == 0 or 20 <= self.frame_times_interval_ms <= 10_000, "server.frame_times_interval_ms",
+               self.frame_times_interval_ms, "0 or in 20..10000 ms")
         _check(0.5 <= self.offer_timeout_s <= 600, "server.offer_timeout_s", self.offer_timeout_s, "in 0.5..600 s")
         _check(0.5 <= self.connect_timeout_s <= 600, "server.connect_timeout_s", self.connect_timeout_s, "in 0.5..600 s")
         _check(0.5 <= self.keepalive_timeout_s <= 600, "server.keepalive_timeout_s", self.keepalive_timeout_s, "in 0.5..600 s")

@@ -1,7 +1,7 @@
 """Prometheus metrics (prometheus-client) for ``GET /metrics`` (admin only).
 
 Gauges are refreshed from the workers' stats at each scrape (sessions, stages, viewers, frame
-rates, the server-side and whole-stage latencies, drops, worker memory and CPU); counters count
+rates, the server-side, whole-path and whole-stage latencies, drops, worker memory and CPU); counters count
 what the server process itself sees (sessions started, errors by code).
 """
 
@@ -40,6 +40,8 @@ class Metrics:
         self.fps_min = Gauge("avatar_session_fps_min", "lowest video frame rate among live calls, frames/s", registry=r)
         self.latency = Gauge("avatar_latency_ms", "server latency: mic frame arrival to the frame reflecting it, ms (worst call)",
                              ["quantile"], registry=r)
+        self.whole_path = Gauge("avatar_whole_path_ms", "whole path: mic capture to the client presenting the frame reflecting it, ms (worst call)",
+                                ["quantile"], registry=r)
         self.audio_delay = Gauge("avatar_stage_audio_delay_ms", "viewers' audio delay (the video's latency), ms (largest)", registry=r)
         self.audio_drops = Gauge("avatar_audio_drops", "mic frames dropped by full buffers, all live calls", registry=r)
         self.viewer_drops = Gauge("avatar_viewer_video_drops", "video packets dropped by slow viewers, all live stages", registry=r)
@@ -60,6 +62,8 @@ class Metrics:
         for q in ("p50", "p95"):
             vals = [s["latency_ms"][q] for s in live if isinstance(s.get("latency_ms"), dict) and s["latency_ms"].get(q) is not None]
             self.latency.labels(quantile="0.5" if q == "p50" else "0.95").set(max(vals, default=0.0))
+            whole = [s["whole_path_ms"][q] for s in live if isinstance(s.get("whole_path_ms"), dict) and s["whole_path_ms"].get(q) is not None]
+            self.whole_path.labels(quantile="0.5" if q == "p50" else "0.95").set(max(whole, default=0.0))
         self.audio_delay.set(max((float(s["program"].get("audio_delay_ms", 0.0)) for s in live), default=0.0))
         self.audio_drops.set(sum(int(s.get("audio_drops", 0)) for s in sessions))
         self.viewer_drops.set(sum(int(v.get("video_dropped", 0)) for s in live for v in s["program"].get("per_viewer", [])))

@@ -94,7 +94,7 @@ class Candidate(_Message):
 
 
 class Ping(_Message):
-    """Server replies `event` `pong` with the same `t` and its `server_t`."""
+    """Server replies `event` `pong` with the same `t`, its `server_t` and its wallclock `wall_ms` (ms since 1970)."""
 
     type: Literal["control"]
     action: Literal["ping"]
@@ -127,14 +127,27 @@ class Record(_Message):
     on: bool = Field(True, strict=True, description="true starts, false stops")
 
 
+FrameRow = Annotated[list[FiniteFloat | None], Field(min_length=3, max_length=3)]
+MAX_FRAME_ROWS = 300  # frames one `frame_times` control may report (10 s at 30 fps)
+
+
+class FrameTimes(_Message):
+    """When the client received and presented the avatar's video frames (answering `event` `frame_times`); the server matches them with the frames' capture times and reports `whole_path_ms` in `stats`. No reply."""
+
+    type: Literal["control"]
+    action: Literal["frame_times"]
+    frames: list[FrameRow] = Field(max_length=MAX_FRAME_ROWS, description="`[rtp, receive_ms, present_ms]` per frame: its RTP timestamp (90 kHz), when the client received it (ms since 1970 on the client's clock, or null) and presented it (ms)")
+    clock_offset_ms: FiniteFloat | None = Field(None, description="the client's estimate of server clock − client clock, ms (from `pong` `wall_ms`)")
+
+
 class Bye(_Message):
     """End the session; the server closes the peer connection and the socket."""
 
     type: Literal["bye"]
 
 
-Control = Annotated[Ping | SetEmotion | SetAvatar | Record, Field(discriminator="action")]
-CONTROL_ACTIONS: dict[str, type[_Message]] = {"ping": Ping, "set_emotion": SetEmotion, "set_avatar": SetAvatar, "record": Record}
+Control = Annotated[Ping | SetEmotion | SetAvatar | Record | FrameTimes, Field(discriminator="action")]
+CONTROL_ACTIONS: dict[str, type[_Message]] = {"ping": Ping, "set_emotion": SetEmotion, "set_avatar": SetAvatar, "record": Record, "frame_times": FrameTimes}
 MESSAGE_TYPES: dict[str, type[_Message] | None] = {"offer": Offer, "candidate": Candidate, "control": None, "bye": Bye}
 ERROR_CODES = {"offer": "bad_offer", "candidate": "bad_candidate", "control": "bad_control", "bye": "bad_json"}
 CLIENT_TYPES = tuple(MESSAGE_TYPES)

@@ -33,6 +33,7 @@ from server.config import AppConfig
 from server.errors import AvatarError, ProtocolError
 from server.media import jitter, playout, vp8
 from server.media.adapt import FrameRateGuard, scaled_size
+from server.media.timing import WholePath
 from server.media.video_out import AvatarVideoTrack
 from server.pipeline.runner import AvatarPipeline, SharedModels, rgba_to_i420
 from server.pipeline.types import VisemeFrame
@@ -85,6 +86,7 @@ class Session:
         self._audio = AudioFeed(cfg.audio.queue_frames)  # drained audio → the pipeline (drops the oldest)
         self.jitter: jitter.ReceiveJitter | None = None  # the mic receiver's jitter buffer (server/media/jitter.py)
         self.latency = RollingStats()
+        self.path = WholePath()  # whole-path stamps (server/media/timing.py), wired to the pc by the offer
         self.fps = FpsMeter()
         self.created = time.monotonic()
         self.closed = False
@@ -161,6 +163,9 @@ class Session:
             log.info("session %s: offer refused by aiortc: %s", self.sid, excerpt(str(e)))
             raise ProtocolError("bad_offer", "the offer cannot be applied (unsupported or inconsistent SDP)") from None
         self.jitter = jitter.install_audio(self.pc, self.cfg.audio.jitter, self.cfg.audio.jitter_max_ms)
+        mic = next((t.receiver for t in self.pc.getTransceivers() if t.kind == "audio"), None)
+        out = next((s for s in self.pc.getSenders() if s.track is self.video), None)
+        self.path = WholePath(mic, out, self.jitter)
         self.stage = Stage(self.stage_id, self.cfg, self.clock, self._video_latency_s, self._on_audience)
         if self.cfg.publish.enabled:
             self.spawn(self.stage.publish(self.cfg.publish), "publish")
@@ -168,6 +173,8 @@ class Session:
             await self.set_recording(True)
         self.spawn(self._process_audio(), "process-audio")
         self.spawn(self._stats_loop(), "stats")
+        if self.cfg.server.frame_times_interval_ms > 0:
+            self.spawn(self._frame_times_loop(), "frame-times")
         self.spawn(self._connect_deadline(), "connect-deadline")
         answer = with_audio_ptime(str(self.pc.localDescription.sdp), self.cfg.audio.mic_ptime_ms)
         ext_id = playout.offered_id(sdp) if self.cfg.video.playout_delay_ms >= 0 else None
@@ -290,6 +297,7 @@ class Session:
             if not isinstance(frame, av.AudioFrame):
                 continue
             arrival = self.clock.now()
+            self.path.audio(arrival, frame.pts)
             self._audio.put(frame, arrival)
             if self.stage is not None:
                 self.stage.audio_frame(frame, arrival)
@@ -393,6 +401,11 @@ class Session:
         self.fps.tick(now)
         for s in sources:
             self.latency.add((now - s) * 1000.0)
+        self.path.frame_out(sources)
+
+    def frame_times(self, frames: list[list[float | None]], clock_offset_ms: float | None) -> None:
+        """The client's receive and presentation times of our frames (control ``frame_times``)."""
+        self.path.report(frames, clock_offset_ms)
 
     def _send_visemes(self, frames: list[VisemeFrame]) -> None:
         """Queue hops for the data channel; send at most one message per ``channel_interval_ms``.
@@ -440,6 +453,14 @@ class Session:
         except Exception as e:  # a closing channel must not kill the session
             log.debug("session %s: visemes channel send failed: %s", self.sid, e)
 
+    async def _frame_times_loop(self) -> None:
+        """Tell the client, every ``frame_times_interval_ms``, when the frames it got were made."""
+        while True:
+            await asyncio.sleep(self.cfg.server.frame_times_interval_ms / 1000.0)
+            frames = self.path.take_pending()
+            if frames:
+                await self._send({"v": 1, "type": "event", "name": "frame_times", "data": {"frames": frames}})
+
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.server.stats_interval_s)
@@ -465,6 +486,7 @@ class Session:
             "audio_drops": self.audio_drops,
             "jitter": self.jitter.stats() if self.jitter is not None else None,
             "latency_ms": self.latency.summary(),
+            **self.path.stats(),
             "lookahead_ms": self.pipeline.lookahead_hops * 10 if self.pipeline else None,
             "tasks": len(self.tasks),
             "stage": self.stage_id,

@@ -10,6 +10,7 @@ from typing import Any
 from server import __version__, turn
 from server.config import AppConfig
 from server.errors import ProtocolError
+from server.media.timing import wall_ms
 from server.protocol import PROTOCOL_VERSION, parse_message
 from server.session import Session
 
@@ -32,7 +33,7 @@ def dispatch_pending(msg: dict[str, Any], now: float) -> dict[str, Any] | None:
         return {"v": PROTOCOL_VERSION, "type": "event", "name": "session_closed", "data": {"reason": "bye"}}
     action = msg["action"]
     if action == "ping":
-        return {"v": PROTOCOL_VERSION, "type": "event", "name": "pong", "data": {"t": msg["t"], "server_t": now}}
+        return {"v": PROTOCOL_VERSION, "type": "event", "name": "pong", "data": {"t": msg["t"], "server_t": now, "wall_ms": wall_ms()}}
     raise ProtocolError("state", f"{action} before offer")
 
 
@@ -52,7 +53,10 @@ async def dispatch(session: Session, msg: dict[str, Any]) -> dict[str, Any] | No
     # control
     action = msg["action"]
     if action == "ping":
-        return {"v": PROTOCOL_VERSION, "type": "event", "name": "pong", "data": {"t": msg["t"], "server_t": session.clock.now()}}
+        return {"v": PROTOCOL_VERSION, "type": "event", "name": "pong", "data": {"t": msg["t"], "server_t": session.clock.now(), "wall_ms": wall_ms()}}
+    if action == "frame_times":
+        session.frame_times(msg["frames"], msg["clock_offset_ms"])
+        return None
     if action == "set_emotion":
         emotion, intensity, blend = msg["emotion"], msg["intensity"], msg["blend_s"]
         await session.set_emotion(emotion, intensity, blend)

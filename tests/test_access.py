@@ -79,13 +79,14 @@ def test_self_signed_certificate(tmp_path: Path) -> None:
 
 def test_metrics_exposition() -> None:
     m = Metrics()
-    part = {"sessions": [{"fps": 29.8, "latency_ms": {"p50": 61.0, "p95": 75.0}, "audio_drops": 2, "viewers": 3,
+    part = {"sessions": [{"fps": 29.8, "latency_ms": {"p50": 61.0, "p95": 75.0}, "whole_path_ms": {"p50": 120.0, "p95": 150.0, "n": 90.0},
+                          "audio_drops": 2, "viewers": 3,
                           "program": {"audio_delay_ms": 64.0, "per_viewer": [{"video_dropped": 4}]}}],
             "worker": 0, "worker_pid": __import__("os").getpid()}
     m.update([part], restarts=1)
     m.errors.labels(code="bad_offer").inc()
     text = m.render().decode()
-    for line in ("avatar_sessions 1.0", "avatar_viewers 3.0", 'avatar_latency_ms{quantile="0.95"} 75.0',
+    for line in ("avatar_sessions 1.0", "avatar_viewers 3.0", 'avatar_latency_ms{quantile="0.95"} 75.0', 'avatar_whole_path_ms{quantile="0.5"} 120.0',
                  "avatar_viewer_video_drops 4.0", 'avatar_errors_total{code="bad_offer"} 1.0', "avatar_worker_restarts 1.0"):
         assert line in text, text
     assert 'avatar_worker_rss_bytes{worker="0"}' in text

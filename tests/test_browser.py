@@ -259,6 +259,43 @@ async def test_live_call_plays_avatar_and_mouth_moves(server: Server, speech_wav
         assert errors == [], errors
 
 
+async def test_page_shows_the_whole_path_and_reports_it(server: Server, speech_wav: Path, tmp_path: Path) -> None:
+    """Speech to screen: the page stamps each presented frame (requestVideoFrameCallback), the
+    server matches it with its microphone audio's capture time (Chromium's RTCP sender reports)
+    and reports the whole path in /stats and the stats event; the page shows it, labelled."""
+    async with browser_page(tmp_path, server.url, speech_wav) as (page, errors):
+        await page.goto(server.url + "/")
+        await page.click("#btn-start")
+        await page.wait_for_function("() => ['live', 'error'].includes(document.body.dataset.state)", timeout=30_000)
+        assert await body_state(page) == "live", await page.inner_text("#message")
+        # Chromium sends an audio sender report every few seconds; the figure follows the first
+        await page.wait_for_function("() => window.avatarClient.stats.wholePathP50 != null", timeout=30_000)
+        await asyncio.sleep(3.0)
+        stats = (await page.evaluate("window.avatarClient"))["stats"]
+        shown = (await page.inner_text("#stat-path")).strip()
+        parts = (await page.inner_text("#stat-path-parts")).strip()
+        label = await page.get_attribute("#stat-path", "id")
+        sess = get_json(server.url + "/stats")["sessions"]
+        print(f"\npage: whole path {shown} ms ({parts}); offset {stats['clockOffsetMs']} ms, "
+              f"{stats['framesReported']} frames reported; /stats: {json.dumps({k: sess[0].get(k) for k in ('latency_ms', 'whole_path_ms', 'whole_path_segments_ms')})}")
+        assert label and shown != "—" and "/" in shown, shown
+        assert "server" in parts and "page" in parts, parts
+        assert "Speech to screen" in await page.inner_text(".stats"), "the whole path is not labelled"
+        (s,) = sess
+        whole, lat = s["whole_path_ms"], s["latency_ms"]
+        assert whole["n"] >= 30, s  # a second of frames at least
+        assert lat["p50"] < whole["p50"] < 1000, s  # more than the server's part, less than a second
+        assert stats["wholePathP50"] == pytest.approx(whole["p50"], abs=50), (stats, whole)
+        segs = s["whole_path_segments_ms"]
+        assert segs["client"]["p50"] > 0, segs  # the page's own receive -> present
+        # Chromium's sender-report clock is the wallclock the page and the server read too: the
+        # capture -> server segment (its 10 ms capture blocks, Opus, a loopback network) is small
+        assert -2 < segs["uplink"]["p50"] < 60, segs
+        assert abs(stats["clockOffsetMs"]) < 20, stats  # one machine, one clock
+        await page.click("#btn-stop")
+        assert not errors, errors
+
+
 async def test_photo_upload_needs_consent_and_shows_refusal(server: Server, tmp_path: Path) -> None:
     flat = tmp_path / "flat.png"  # no face in it: the server must refuse it
     cv2.imwrite(str(flat), np.full((256, 256, 3), 128, np.uint8))

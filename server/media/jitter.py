@@ -332,7 +332,31 @@ class ReceiveJitter(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
+    def arrival_of(self, timestamp: int) -> float | None:
+        """When (``time.monotonic`` s) the packet with RTP ``timestamp`` arrived, if recent."""
+        ...
+
     def close(self) -> None: ...
+
+
+KEEP_ARRIVALS = 256  # packets whose arrival time is remembered (~5 s of 20 ms Opus), for the whole-path stamps
+
+
+class _Arrivals:
+    """The arrival times (``time.monotonic`` s) of the last :data:`KEEP_ARRIVALS` packets, by RTP timestamp."""
+
+    def __init__(self) -> None:
+        self._times: dict[int, float] = {}
+
+    def add(self, timestamp: int, now: float) -> None:
+        """The packet with RTP ``timestamp`` arrived at ``now`` (s); the first arrival counts."""
+        self._times.setdefault(timestamp, now)
+        if len(self._times) > KEEP_ARRIVALS:
+            del self._times[next(iter(self._times))]
+
+    def get(self, timestamp: int) -> float | None:
+        """When the packet with RTP ``timestamp`` arrived (s), if it is among the recent ones."""
+        return self._times.get(timestamp)
 
 
 _PRIVATE = ("jitter_buffer", "decoder_queue", "decoder_thread", "codecs", "timestamp_mapper")
@@ -365,6 +389,7 @@ class AdaptiveReceiverBuffer:
         self._codec: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._arrivals = _Arrivals()
 
     @property
     def capacity(self) -> int:
@@ -381,6 +406,7 @@ class AdaptiveReceiverBuffer:
             if codec.clockRate != self.buffer.rate and self.buffer.received == 0:
                 self.buffer.rate = int(codec.clockRate)
         data = getattr(packet, "_data", packet.payload)
+        self._arrivals.add(packet.timestamp, time.monotonic())
         self._emit(self.buffer.push(packet.sequence_number, packet.timestamp, bytes(data), self._loop.time()))
         return False, None
 
@@ -413,6 +439,10 @@ class AdaptiveReceiverBuffer:
         if not self._closed:
             self._emit(self.buffer.poll(self._loop.time()))
 
+    def arrival_of(self, timestamp: int) -> float | None:
+        """When (``time.monotonic`` s) the packet with RTP ``timestamp`` arrived, if recent."""
+        return self._arrivals.get(timestamp)
+
     def stats(self) -> dict[str, Any]:
         """The buffer's :meth:`AdaptiveJitterBuffer.stats` now."""
         return self.buffer.stats(self._loop.time())
@@ -435,6 +465,7 @@ class MeasuredAiortcBuffer:
         self.max_delay_seen_ms = 0.0
         self.received = 0
         self.released = 0
+        self._recent = _Arrivals()
 
     @property
     def capacity(self) -> int:
@@ -446,6 +477,7 @@ class MeasuredAiortcBuffer:
         now = time.monotonic()
         self.received += 1
         self._arrivals.setdefault(packet.timestamp, now)
+        self._recent.add(packet.timestamp, now)
         pli, frame = self.inner.add(packet)
         if frame is not None:
             arrival = self._arrivals.pop(frame.timestamp, None)
@@ -458,6 +490,10 @@ class MeasuredAiortcBuffer:
             for ts in sorted(self._arrivals, key=self._arrivals.__getitem__)[:128]:
                 del self._arrivals[ts]
         return pli, frame
+
+    def arrival_of(self, timestamp: int) -> float | None:
+        """When (``time.monotonic`` s) the packet with RTP ``timestamp`` arrived, if recent."""
+        return self._recent.get(timestamp)
 
     def stats(self) -> dict[str, Any]:
         """Release delay (ms) and counts; the target is aiortc's fixed prefetch."""
