@@ -138,7 +138,8 @@ class _Audio:
 
 @dataclass(slots=True)
 class FrameStamp:
-    """One sent video frame and the newest microphone frame it newly reflects (wallclock ms)."""
+    """One sent video frame, the newest microphone frame it newly reflects (wallclock ms; the
+    ``frame_times`` event's fields) and all of them (``reflected``: each is one whole-path sample)."""
 
     mic_rtp: int | None
     arrival_ms: float | None
@@ -146,6 +147,7 @@ class FrameStamp:
     out_ms: float  # the frame leaving the avatar track
     rtp: int | None = None  # the frame's RTP timestamp (90 kHz), once sent
     sent_ms: float | None = None  # its last RTP packet sent
+    reflected: list[_Audio] = field(default_factory=list)  # every microphone frame it newly reflects
 
     def event(self, capture_ms: float | None) -> dict[str, Any]:
         """The ``frame_times`` event's entry for this frame."""
@@ -195,7 +197,9 @@ class WholePath:
         now_ms = wall_ms()
         self._stamp_sent()
         newest = self._audio.get(max(sources)) if sources else None
-        self._last = None if newest is None else FrameStamp(newest.mic_rtp, newest.arrival_ms, newest.decoded_ms, now_ms)
+        reflected = [a for a in (self._audio.get(t) for t in sources) if a is not None and a.mic_rtp is not None]
+        self._last = None if newest is None else FrameStamp(newest.mic_rtp, newest.arrival_ms, newest.decoded_ms, now_ms,
+                                                            reflected=reflected)
 
     def _stamp_sent(self) -> None:
         sent = last_sent(self.sender) if self.sender is not None else None
@@ -249,18 +253,25 @@ class WholePath:
                 self.unmatched += 1
                 continue
             received = present if receive is None else receive
-            arrival = frame.decoded_ms if frame.arrival_ms is None else frame.arrival_ms
-            self.whole.add(present - capture)
-            parts = {
-                "uplink": arrival - off - capture,
-                "jitter_decode": frame.decoded_ms - arrival,
-                "server": frame.out_ms - frame.decoded_ms,
-                "encode_send": frame.sent_ms - frame.out_ms,
-                "downlink": received + off - frame.sent_ms,
-                "client": present - received,
-            }
-            for name, value in parts.items():
-                self.segments[name].add(value)
+            # every microphone frame the video frame newly reflects: a sound waits for the next
+            # video tick, so the newest alone would leave out up to a frame interval
+            for a in frame.reflected or [_Audio(frame.mic_rtp, frame.arrival_ms, frame.decoded_ms)]:
+                cap = self.mic_sr.wallclock(a.mic_rtp, MIC_RATE) if a.mic_rtp is not None else None
+                if cap is None:
+                    continue
+                cap *= 1000.0
+                arrival = a.decoded_ms if a.arrival_ms is None else a.arrival_ms
+                self.whole.add(present - cap)
+                parts = {
+                    "uplink": arrival - off - cap,
+                    "jitter_decode": a.decoded_ms - arrival,
+                    "server": frame.out_ms - a.decoded_ms,
+                    "encode_send": frame.sent_ms - frame.out_ms,
+                    "downlink": received + off - frame.sent_ms,
+                    "client": present - received,
+                }
+                for name, value in parts.items():
+                    self.segments[name].add(value)
             matched += 1
             del self._frames[int(frame.rtp or 0)]  # a frame counts once
         if len(self._early) > KEEP_FRAMES:
