@@ -75,6 +75,8 @@ async def one_call(url: str, wav: Path, link: str, seed: int, seconds: float, mo
         "audio_drops": last["audio_drops"],
         "mic_frames_sent": st.mic_frames_sent,
         "server_latency_ms_p50": last["latency_ms"]["p50"],
+        "whole_path_ms_p50": (last.get("whole_path_ms") or {}).get("p50"),  # capture → frame received (/stats)
+        "whole_path_ms_p95": (last.get("whole_path_ms") or {}).get("p95"),
         "mouth_lag_ms": None if st.mouth_lag_s is None else round(st.mouth_lag_s * 1000.0, 1),
         "mouth_corr": None if st.mouth_corr is None else round(st.mouth_corr, 3),
         "fps_mean": None if st.fps_mean is None else round(st.fps_mean, 1),
@@ -89,7 +91,7 @@ async def run_mode(mode: str, d: Path, wav: Path, args: argparse.Namespace) -> l
     srv.start()
     rows = []
     try:
-        for link in LINKS:
+        for link in args.links:
             for r in range(args.repeats):
                 row = await one_call(srv.url, wav, link, 100 + r, args.seconds, args.measure_mouth)
                 row["mode"] = mode
@@ -105,13 +107,13 @@ def _med(xs: list[Any]) -> float | None:
     return round(statistics.median(vals), 1) if vals else None
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], modes: list[str]) -> None:
     """Medians over the repeats, one line per buffer and link."""
     cols = ["delay_ms_p50", "delay_ms_p95", "delay_ms_max", "target_ms_max", "lost", "concealed", "late",
-            "audio_drops", "server_latency_ms_p50", "mouth_lag_ms", "fps_mean"]
+            "audio_drops", "server_latency_ms_p50", "whole_path_ms_p50", "whole_path_ms_p95", "mouth_lag_ms", "fps_mean"]
     print("| buffer | link | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
-    for mode in ("aiortc", "adaptive"):
+    for mode in modes:
         for link in LINKS:
             sel = [r for r in rows if r["mode"] == mode and r["link"] == link]
             if sel:
@@ -124,6 +126,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2, help="calls per buffer and link (seeds 100, 101, ...)")
     p.add_argument("--measure-mouth", action="store_true", help="also measure the audio → mouth lag on the client")
     p.add_argument("--json", type=Path, default=None, help="write every call's numbers here")
+    p.add_argument("--links", nargs="+", choices=list(LINKS), default=list(LINKS), help="links to call over")
+    p.add_argument("--modes", nargs="+", choices=["aiortc", "adaptive"], default=["aiortc", "adaptive"], help="buffers to compare")
     args = p.parse_args()
     netns_reexec()
     t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -133,13 +137,13 @@ def main() -> int:
 
         async def run() -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            for mode in ("aiortc", "adaptive"):
+            for mode in args.modes:
                 rows += await run_mode(mode, d, wav, args)
             return rows
 
         rows = asyncio.run(run())
     print(f"\n{t0}, {machine_desc()}, {args.seconds:g} s calls, {args.repeats} per cell, medians:")
-    print_table(rows)
+    print_table(rows, args.modes)
     if args.json is not None:
         args.json.write_text(json.dumps({"date": t0, "machine": machine_desc(), "rows": rows}, indent=1))
     return 0
