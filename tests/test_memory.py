@@ -27,8 +27,12 @@ async def test_trimmer_coalesces_a_burst_and_close_cancels() -> None:
     t = HeapTrimmer(delay_s=0.05)
     for _ in range(5):
         t.soon()
-    await asyncio.sleep(0.3)
-    assert t.trims == 1
+    for _ in range(200):  # the collection walks the whole process: slow inside a big test run
+        if t.trims:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert t.trims == 1  # one trim for the burst
     t.soon()
     await t.close()  # pending: cancelled, awaited
     await asyncio.sleep(0.1)
