@@ -416,6 +416,13 @@ class WorkerPool:
         if w in self.workers:
             self.workers.remove(w)
         self.post(w, {"op": "shutdown"})
+        await self._reap(w)
+        self.recycled += 1
+        log.info("session worker %d retired after %d sessions (exit code %s)", w.index, w.served, w.proc.exitcode)
+
+    @staticmethod
+    async def _reap(w: _WorkerHandle) -> None:
+        """Wait for a worker told to shut down to exit (killed after 10 s), then drop its pipe."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, w.proc.join, 10.0)
         if w.proc.is_alive():
@@ -424,8 +431,6 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             loop.remove_reader(w.conn.fileno())
         w.conn.close()
-        self.recycled += 1
-        log.info("session worker %d retired after %d sessions (exit code %s)", w.index, w.served, w.proc.exitcode)
 
     async def stats(self) -> list[dict[str, Any]]:
         """Each live worker's session stats."""
@@ -439,15 +444,8 @@ class WorkerPool:
         for w in self.workers:
             if w.alive:
                 self.post(w, {"op": "shutdown"})
-        loop = asyncio.get_running_loop()
         for w in self.workers:
-            await loop.run_in_executor(None, w.proc.join, 10.0)
-            if w.proc.is_alive():
-                w.proc.kill()
-                await loop.run_in_executor(None, w.proc.join, 5.0)
-            with contextlib.suppress(Exception):
-                loop.remove_reader(w.conn.fileno())
-            w.conn.close()
+            await self._reap(w)
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
