@@ -235,6 +235,32 @@ def avatar_error(name: str, e: Exception) -> ProtocolError:
 # ----------------------------------------------------------------------------- SDP
 
 
+def sdp_lines(sdp: str) -> tuple[str, list[str]]:
+    """(line ending, non-empty lines) of an SDP text."""
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    return eol, [ln for ln in sdp.split(eol) if ln]
+
+
+def with_media_line(sdp: str, kind: str, line: str, *, replace_prefix: str | None = None, first_only: bool = False) -> str:
+    """``sdp`` with ``line`` appended to each ``kind`` media section (only the first with
+    ``first_only``), dropping lines there that start with ``replace_prefix``."""
+    eol, lines = sdp_lines(sdp)
+    out: list[str] = []
+    inside, done = False, False
+    for ln in lines:
+        if ln.startswith("m="):
+            if inside:
+                out.append(line)
+                done = first_only
+            inside = not done and ln.startswith(f"m={kind}")
+        elif inside and replace_prefix is not None and ln.startswith(replace_prefix):
+            continue
+        out.append(ln)
+    if inside:
+        out.append(line)
+    return eol.join(out) + eol
+
+
 def with_audio_ptime(sdp: str, ptime_ms: int) -> str:
     """``sdp`` with ``a=ptime:<ptime_ms>`` in each audio media section (replacing any there).
 
@@ -242,21 +268,7 @@ def with_audio_ptime(sdp: str, ptime_ms: int) -> str:
     (JSEP, applying a remote description: "configure the available media formats to use the
     specified packet size"); 10 ms halves the packetisation delay of the default 20 ms.
     """
-    eol = "\r\n" if "\r\n" in sdp else "\n"
-    lines = [ln for ln in sdp.split(eol) if ln]
-    out: list[str] = []
-    audio = False
-    for ln in lines:
-        if ln.startswith("m="):
-            if audio:
-                out.append(f"a=ptime:{ptime_ms}")
-            audio = ln.startswith("m=audio")
-        elif audio and ln.startswith("a=ptime:"):
-            continue
-        out.append(ln)
-    if audio:
-        out.append(f"a=ptime:{ptime_ms}")
-    return eol.join(out) + eol
+    return with_media_line(sdp, "audio", f"a=ptime:{ptime_ms}", replace_prefix="a=ptime:")
 
 
 def check_offer_sdp(sdp: str) -> list[str]:

@@ -20,19 +20,16 @@ from typing import Any
 
 from aiortc.rtp import pack_header_extensions, unpack_header_extensions
 
+from server.protocol import sdp_lines, with_media_line
+
 PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 _EXTMAP = re.compile(r"^a=extmap:(\d+)(?:/\w+)? (\S+)")
 MAX_DELAY_MS = 40_950  # 12 bits of 10 ms
 
 
-def _sections(sdp: str) -> tuple[str, list[str]]:
-    eol = "\r\n" if "\r\n" in sdp else "\n"
-    return eol, [ln for ln in sdp.split(eol) if ln]
-
-
 def offered_id(offer_sdp: str) -> int | None:
     """The id the offer's first video section gives the playout-delay extension (None: not offered)."""
-    _, lines = _sections(offer_sdp)
+    _, lines = sdp_lines(offer_sdp)
     video = False
     for ln in lines:
         if ln.startswith("m="):
@@ -46,20 +43,7 @@ def offered_id(offer_sdp: str) -> int | None:
 
 def answer_with_extension(answer_sdp: str, ext_id: int) -> str:
     """``answer_sdp`` with ``a=extmap:<ext_id> <playout-delay>`` in its first video section."""
-    eol, lines = _sections(answer_sdp)
-    out: list[str] = []
-    state = "before"  # before the video section, in it, after it
-    for ln in lines:
-        if ln.startswith("m="):
-            if state == "in":
-                out.append(f"a=extmap:{ext_id} {PLAYOUT_DELAY_URI}")
-                state = "after"
-            elif state == "before" and ln.startswith("m=video"):
-                state = "in"
-        out.append(ln)
-    if state == "in":
-        out.append(f"a=extmap:{ext_id} {PLAYOUT_DELAY_URI}")
-    return eol.join(out) + eol
+    return with_media_line(answer_sdp, "video", f"a=extmap:{ext_id} {PLAYOUT_DELAY_URI}", first_only=True)
 
 
 def value(min_ms: int, max_ms: int) -> bytes:
