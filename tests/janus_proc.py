@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.server_proc import free_port
+from tests.server_proc import free_port, terminate
 
 JANUS = shutil.which("janus") or "/usr/bin/janus"
 LIBDIR = Path("/usr/lib/x86_64-linux-gnu/janus")
@@ -108,14 +108,7 @@ admin: {{ admin_http = false }}
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        terminate(self.proc)
 
     def log_tail(self, n: int = 40) -> str:
         """The last ``n`` lines Janus printed."""

@@ -62,6 +62,18 @@ def proc_cpu_s(pid: int) -> float:
     return total
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, wait_s: float = 5.0) -> None:
+    """Stop a helper server process (coturn, Janus): SIGTERM, then SIGKILL after ``wait_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def model_args() -> list[str]:
     """``[]`` (the trained default model) when its weights exist, else ``--model energy``.
 

@@ -31,7 +31,7 @@ from server.config import ServerConfig, load_config
 from server.errors import ConfigError
 from server.signaling import welcome
 from server.turn import ice_servers, mint
-from tests.server_proc import ServerProcess, model_args
+from tests.server_proc import ServerProcess, model_args, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
@@ -172,14 +172,7 @@ class Coturn:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        terminate(self.proc)
 
     def log(self) -> str:
         """Everything it logged so far."""
