@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.latency import machine_desc, speech_wav  # noqa: E402
+from bench.latency import machine_desc, netns_reexec, speech_wav  # noqa: E402
 from server.client import load_audio  # noqa: E402
 from tests.server_proc import ServerProcess, model_args, wait_sessions  # noqa: E402
 from tests.udp_relay import Impairment, call_through_relay  # noqa: E402
@@ -40,14 +39,6 @@ from tests.udp_relay import Impairment, call_through_relay  # noqa: E402
 HOST = "198.18.0.1"
 CLIENT_IP = "198.18.0.2"
 LINKS = {"clean": Impairment(), "impaired": Impairment(loss=0.02, jitter_ms=30.0, reorder=0.02, reorder_ms=20.0)}
-
-
-def netns_reexec() -> None:
-    """Re-run this script inside tests/netns_run.sh unless already in the private namespace."""
-    if os.environ.get("AVATAR_NETNS") == "1":
-        return
-    runner = ROOT / "tests" / "netns_run.sh"
-    os.execv(str(runner), [str(runner), sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 async def one_call(url: str, wav: Path, link: str, seed: int, seconds: float, mouth: bool) -> dict[str, Any]:

@@ -49,11 +49,12 @@ ESPEAK_TEXT = (
 
 
 def netns_reexec() -> None:
-    """Re-run this script inside tests/netns_run.sh unless already in the private namespace."""
+    """Re-run the running script (``sys.argv[0]``, whichever bench script imported this) inside
+    tests/netns_run.sh unless already in the private namespace."""
     if os.environ.get("AVATAR_NETNS") == "1":
         return
     runner = ROOT / "tests" / "netns_run.sh"
-    os.execv(str(runner), [str(runner), sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]])
+    os.execv(str(runner), [str(runner), sys.executable, str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])
 
 
 def speech_wav(out: Path, seconds: float) -> Path:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -42,19 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.latency import HOST, machine_desc, speech_wav  # noqa: E402
+from bench.latency import HOST, machine_desc, netns_reexec, speech_wav  # noqa: E402
 from server.client import AvatarClient, load_audio  # noqa: E402
 from server.media.timing import SEGMENTS, WHOLE_PATH  # noqa: E402
 from tests.server_proc import ServerProcess, get_json, model_args, wait_sessions  # noqa: E402
-
-
-def netns_reexec() -> None:
-    """Re-run this script inside tests/netns_run.sh unless already in the private namespace."""
-    if os.environ.get("AVATAR_NETNS") == "1":
-        return
-    runner = ROOT / "tests" / "netns_run.sh"
-    os.execv(str(runner), [str(runner), sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]])
-
 
 SETTLE_S = 2.0  # s of each call not waited for before /stats is read (the last reports in flight)
 
